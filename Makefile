@@ -1,0 +1,40 @@
+# vppagent: `make setup` installs, `make demo` runs the main job, `make test` runs the tests.
+# All three are idempotent.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# Debian packages the project needs (tests run real namespaces and packets).
+APT_PACKAGES := python3-venv python3-dev iproute2 iputils-ping netcat-openbsd
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test proto perf clean
+
+setup: $(STAMP) proto
+
+$(STAMP): pyproject.toml setup.py
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing Debian packages (run as root to install): $$missing" >&2; fi; \
+	fi
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	@touch $(STAMP)
+
+proto: $(STAMP)
+	$(PY) -m vppagent.api.protogen
+
+demo: setup
+	$(VENV)/bin/vppagent eval --manifests examples --matrix
+
+test: setup
+	$(PY) -m pytest -q tests
+
+perf: setup
+	$(PY) perf/calc_bench.py
+
+clean:
+	rm -rf $(VENV) vppagent/api/gen build *.egg-info

@@ -1,0 +1,5 @@
+import sys
+
+from vppagent.cli import main
+
+sys.exit(main())

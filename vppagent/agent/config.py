@@ -1,0 +1,117 @@
+"""The agent's configuration file (YAML); unknown keys are errors.
+
+```yaml
+nodeName: node1
+datastore: {type: file, path: examples/}
+dataplane: {type: none}
+grpc: {socket: /run/vppagent/agent.sock}
+health: {port: 9099}
+```
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vppagent.manifests.fields import Fields
+from vppagent.model.errors import ValidationError
+
+DEFAULT_SOCKET = "/run/vppagent/agent.sock"
+DATASTORE_TYPES = ("file",)
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    cert: str
+    key: str
+    client_ca: str
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node_name: str = field(default_factory=socket.gethostname)
+    datastore_type: str = "file"
+    datastore_path: str = "examples"
+    poll_interval: float = 1.0
+    dataplane: dict[str, Any] = field(default_factory=lambda: {"type": "none"})
+    grpc_socket: str = DEFAULT_SOCKET
+    grpc_tcp: str | None = None
+    grpc_tls: TLSConfig | None = None
+    health_host: str = "127.0.0.1"
+    health_port: int = 9099
+    log_level: str = "info"
+    resync_interval: float = 180.0
+
+
+def parse_config(data: Any, source: str = "config") -> AgentConfig:
+    """Validate a config mapping; errors name the field."""
+    try:
+        top = Fields(data, "", strict=True)
+        defaults = AgentConfig()
+        node = top.str("nodeName") or defaults.node_name
+        ds = top.sub("datastore", strict=True)
+        ds_type = ds.str("type") or "file"
+        if ds_type not in DATASTORE_TYPES:
+            raise ValidationError(ds.at("type"), f"unknown datastore type {ds_type!r} (known: {', '.join(DATASTORE_TYPES)})")
+        ds_path = ds.str("path") or defaults.datastore_path
+        poll = ds.number("pollInterval")
+        ds.check_unknown()
+        dp = top.raw("dataplane", {"type": "none"})
+        if not isinstance(dp, dict) or not isinstance(dp.get("type", "none"), str):
+            raise ValidationError("dataplane", "expected a mapping with a string 'type'")
+        dp = {"type": "none", **dp}
+        g = top.sub("grpc", strict=True)
+        sock = g.str("socket") or DEFAULT_SOCKET
+        tcp = None
+        tls = None
+        if g.has("tcp"):
+            t = g.sub("tcp", strict=True)
+            tcp = t.str("address", required=True)
+            tls = TLSConfig(t.str("cert", required=True), t.str("key", required=True),
+                            t.str("clientCA", required=True))
+            t.check_unknown()
+        g.check_unknown()
+        h = top.sub("health", strict=True)
+        port = h.int("port", defaults.health_port, lo=0, hi=65535)
+        host = h.str("host") or defaults.health_host
+        h.check_unknown()
+        level = top.str("logLevel") or "info"
+        if level.lower() not in ("debug", "info", "warning", "error"):
+            raise ValidationError("logLevel", f"invalid log level {level!r} (debug, info, warning, error)")
+        resync = top.number("resyncInterval")
+        top.check_unknown()
+    except ValidationError as exc:
+        raise exc.with_source(source) from None
+    return AgentConfig(
+        node_name=node,
+        datastore_type=ds_type,
+        datastore_path=ds_path,
+        poll_interval=poll if poll is not None else defaults.poll_interval,
+        dataplane=dp,
+        grpc_socket=sock,
+        grpc_tcp=tcp,
+        grpc_tls=tls,
+        health_host=host,
+        health_port=port if port is not None else defaults.health_port,
+        log_level=level.lower(),
+        resync_interval=resync if resync is not None else defaults.resync_interval,
+    )
+
+
+def load_config(path: str | Path | None) -> AgentConfig:
+    """Read the config file; ``None`` gives the embedded defaults."""
+    if path is None:
+        return AgentConfig()
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise ValidationError("", f"cannot read config: {exc.strerror}", str(p)) from None
+    except yaml.YAMLError as exc:
+        raise ValidationError("", f"invalid YAML: {exc}", str(p)) from None
+    return parse_config(data or {}, str(p))

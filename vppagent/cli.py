@@ -1,0 +1,112 @@
+"""The ``vppagent`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from vppagent import __version__
+from vppagent.model.errors import ValidationError
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from vppagent.evaluator import build_evaluator, make_packet
+    from vppagent.manifests.loader import load_strict
+
+    ev = build_evaluator(load_strict(args.manifests))
+    if args.matrix:
+        from vppagent.evaluator.matrix import print_matrix
+
+        print_matrix(ev, as_json=args.json)
+        return 0
+    if not args.src or not args.dst:
+        raise ValidationError("to" if args.src else "from", "--from and --to are required (or use --matrix)")
+    verdict = ev.evaluate(make_packet(ev, args.src, args.dst, args.icmp, 6 if args.ipv6 else None))
+    if args.json:
+        print(json.dumps(verdict.to_json(), indent=2))
+    else:
+        print(verdict.explain())
+    return 0 if verdict.verdict == "allow" else 1
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from vppagent.manifests.loader import load_path
+
+    result = load_path(args.manifests)
+    for err in result.errors:
+        print(f"error: {err}", file=sys.stderr)
+    kinds: dict[str, int] = {}
+    for r in result.resources:
+        kinds[type(r).__name__] = kinds.get(type(r).__name__, 0) + 1
+    print(", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "no resources")
+    return 1 if result.errors else 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from vppagent.agent.config import load_config
+    from vppagent.agent.daemon import run_agent
+
+    return run_agent(load_config(args.config))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from vppagent.agent.status import print_status
+
+    return print_status(args.socket, as_json=args.json)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vppagent",
+        description="Calico-model Kubernetes node networking agent: policy, services and pod "
+                    "networking on VPP or the Linux kernel.",
+    )
+    parser.add_argument("--version", action="version", version=f"vppagent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the node agent (datastore -> calculation -> dataplane)")
+    run.add_argument("--config", metavar="FILE", help="agent config YAML (default: file datastore on examples/, dataplane none)")
+    run.set_defaults(func=_cmd_run)
+
+    ev = sub.add_parser("eval", help="evaluate a packet against manifests with the reference evaluator",
+                        description="Print the verdict of the source's egress and the destination's "
+                                    "ingress, and which tier, policy and rule decided. Exit code 0 "
+                                    "when allowed, 1 when denied, 2 on bad input.")
+    ev.add_argument("--manifests", required=True, metavar="DIR", help="manifest file or directory")
+    ev.add_argument("--from", dest="src", metavar="SRC", help="namespace/pod or an IP")
+    ev.add_argument("--to", dest="dst", metavar="DST[:PORT[/PROTO]]",
+                    help="namespace/pod or an IP, optional port and protocol (TCP, UDP, SCTP; default TCP)")
+    ev.add_argument("--icmp", metavar="TYPE[/CODE]", help="send ICMP (ICMPv6 for IPv6) instead of a port")
+    ev.add_argument("-6", "--ipv6", action="store_true", help="prefer IPv6 addresses of dual-stack pods")
+    ev.add_argument("--matrix", action="store_true",
+                    help="every pod to every other pod on each of its named container ports, with reasons")
+    ev.add_argument("--json", action="store_true", help="machine-readable output")
+    ev.set_defaults(func=_cmd_eval)
+
+    va = sub.add_parser("validate", help="check manifests and report every invalid document")
+    va.add_argument("--manifests", required=True, metavar="DIR")
+    va.set_defaults(func=_cmd_validate)
+
+    st = sub.add_parser("status", help="show the running agent's state (like calicoctl node status)")
+    st.add_argument("--socket", default="/run/vppagent/agent.sock", help="agent gRPC socket")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=_cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ValidationError as exc:
+        print(f"vppagent: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

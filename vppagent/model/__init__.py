@@ -1,0 +1,1 @@
+"""The canonical model: resources in, dataplane-neutral updates out."""
