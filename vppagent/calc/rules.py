@@ -111,8 +111,11 @@ class RuleRenderer:
         )
         positive: Selector | None = None
         negative: Selector | None = None
-        if needs_scope:
-            positive = and_(*(s for s in (scope, entity.selector, sa) if s is not None))
+        parts = [s for s in (scope, entity.selector, sa) if s is not None]
+        if needs_scope and parts:
+            # A global rule with only notSelector has no positive set: it also
+            # matches addresses that are not endpoints at all.
+            positive = and_(*parts)
         if entity.not_selector is not None:
             negative = and_(*(s for s in (scope, entity.not_selector) if s is not None))
         sets: list[str] = []
