@@ -11,6 +11,7 @@ commits once per batch, only after ``InSync``.
 from __future__ import annotations
 
 import abc
+import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,41 @@ from vppagent.model.updates import InSync, Update
 from vppagent.reconciler import Backoff, Reconciler, Report
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkloadWiring:
+    """What a dataplane needs to give a pod its interface (from a CNI ADD).
+
+    ``ips`` are host addresses (/32, /128) the agent's IPAM assigned (or the
+    CNI request carried); ``annotations`` are the pod's, so a dataplane can
+    honour per-pod choices (e.g. memif vs tap on VPP).
+    """
+
+    container_id: str
+    netns: str
+    interface_name: str                      # inside the pod, e.g. eth0
+    host_interface_name: str                 # e.g. cali1234567890a
+    ips: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
+    mtu: int = 1500
+    namespace: str = ""
+    pod: str = ""
+    annotations: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class WiredWorkload:
+    """What the CNI result reports back."""
+
+    host_interface_name: str
+    host_mac: str = ""
+    container_mac: str = ""
+    gateway_v4: str = "169.254.1.1"
+    gateway_v6: str = "fe80::ecee:eeff:feee:eeee"
+
+
+class WiringError(Exception):
+    """Wiring a pod failed for a reason the CNI caller should read verbatim."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +103,23 @@ class Dataplane(abc.ABC):
     @abc.abstractmethod
     def stop(self) -> None:
         """Disconnect, leaving the dataplane programmed as it is."""
+
+    # -- pod wiring (CNI); called on the agent's owner thread ------------------------
+
+    def wire_workload(self, wiring: WorkloadWiring) -> WiredWorkload:
+        """Create the pod's interface, addresses and routes; idempotent per container.
+
+        Raise ``WiringError`` with a message a person understands; nothing may be
+        left half-created. The default wires nothing (dataplane ``none``).
+        """
+        return WiredWorkload(wiring.host_interface_name)
+
+    def unwire_workload(self, wiring: WorkloadWiring) -> None:
+        """Remove what ``wire_workload`` created; succeeds when it is already gone."""
+
+    def check_workload(self, wiring: WorkloadWiring) -> list[str]:
+        """Describe drift between what was wired and what exists (empty: fine)."""
+        return []
 
 
 class ReconcilingDataplane(Dataplane):
