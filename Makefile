@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # Debian packages the project needs (tests run real namespaces and packets).
-APT_PACKAGES := python3-venv python3-dev iproute2 iputils-ping netcat-openbsd
+APT_PACKAGES := python3-venv python3-dev iproute2 iputils-ping netcat-openbsd iptables nftables ipset conntrack iperf3 containernetworking-plugins tcpdump
 STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test proto perf clean
