@@ -6,6 +6,9 @@ datastore: {type: file, path: examples/}
 dataplane: {type: none}
 grpc: {socket: /run/vppagent/agent.sock}
 health: {port: 9099}
+stateDir: /var/lib/vppagent        # IPAM blocks and CNI workloads survive restarts here
+cni: {mtu: 1500}                   # pod MTU when the CNI request names none
+ipam: {defaultPools: [10.65.0.0/16]}   # used while the datastore holds no IPPool
 ```
 """
 
@@ -18,10 +21,12 @@ from typing import Any
 
 import yaml
 
-from vppagent.manifests.fields import Fields
+from vppagent.manifests.fields import Fields, parse_network
 from vppagent.model.errors import ValidationError
 
 DEFAULT_SOCKET = "/run/vppagent/agent.sock"
+DEFAULT_STATE_DIR = "/var/lib/vppagent"
+DEFAULT_POOLS = ("10.65.0.0/16",)
 DATASTORE_TYPES = ("file",)
 
 
@@ -46,6 +51,9 @@ class AgentConfig:
     health_port: int = 9099
     log_level: str = "info"
     resync_interval: float = 180.0
+    state_dir: str = DEFAULT_STATE_DIR
+    cni_mtu: int = 1500
+    ipam_default_pools: tuple[str, ...] = DEFAULT_POOLS
 
 
 def parse_config(data: Any, source: str = "config") -> AgentConfig:
@@ -84,6 +92,15 @@ def parse_config(data: Any, source: str = "config") -> AgentConfig:
         if level.lower() not in ("debug", "info", "warning", "error"):
             raise ValidationError("logLevel", f"invalid log level {level!r} (debug, info, warning, error)")
         resync = top.number("resyncInterval")
+        state_dir = top.str("stateDir") or defaults.state_dir
+        c = top.sub("cni", strict=True)
+        mtu = c.int("mtu", defaults.cni_mtu, lo=68, hi=65535)
+        c.check_unknown()
+        i = top.sub("ipam", strict=True)
+        pools = defaults.ipam_default_pools
+        if i.has("defaultPools"):
+            pools = tuple(str(parse_network(v, p)) for p, v in i.list("defaultPools"))
+        i.check_unknown()
         top.check_unknown()
     except ValidationError as exc:
         raise exc.with_source(source) from None
@@ -100,6 +117,9 @@ def parse_config(data: Any, source: str = "config") -> AgentConfig:
         health_port=port if port is not None else defaults.health_port,
         log_level=level.lower(),
         resync_interval=resync if resync is not None else defaults.resync_interval,
+        state_dir=state_dir,
+        cni_mtu=mtu if mtu is not None else defaults.cni_mtu,
+        ipam_default_pools=pools,
     )
 
 

@@ -9,27 +9,33 @@ wait for the result, so an Apply either fully happens or raises.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import ipaddress
 import json
 import logging
 import queue
 import signal
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from vppagent import __version__
 from vppagent.agent.config import AgentConfig
 from vppagent.agent.health import AgentMetrics, HealthServer
-from vppagent.agent.workloads import WorkloadRegistry
+from vppagent.agent.workloads import CniAddOutcome, WorkloadRecord, WorkloadRegistry
 from vppagent.api.backend import (
-    CniAddRequest, CniAddResult, CniCheckRequest, CniDelRequest, EventSubscription, RemoveKey,
+    CniAddRequest, CniAddResult, CniCheckRequest, CniDelRequest, CniError, CniIP, EventSubscription,
+    RemoveKey,
 )
 from vppagent.api.sync_hub import StatusEventBus, SyncHub
 from vppagent.calc.graph import CalcGraph
 from vppagent.dataplane import create_dataplane
-from vppagent.dataplane.base import Dataplane
-from vppagent.model.resources import resource_key
+from vppagent.dataplane.base import Dataplane, WiringError
+from vppagent.ipam import IPAM, FileBlockStore, IPAMError, default_pools
+from vppagent.manifests.k8s import workload_interface_name
+from vppagent.model.resources import IPPool, NamedPort
 from vppagent.model.updates import InSync, Update
 from vppagent.sources.events import Delete, SourceEvent, SourceInSync, Upsert
 from vppagent.sources.file import FileSource
@@ -49,7 +55,9 @@ class Agent:
         self.events = StatusEventBus()
         self.dataplane = dataplane or create_dataplane(config.dataplane)
         self.source = FileSource(Path(config.datastore_path))
-        self.workloads = WorkloadRegistry(config.node_name)
+        self.workloads = WorkloadRegistry(config.node_name, config.state_dir)
+        self.ipam = IPAM(FileBlockStore(config.state_dir), config.node_name)
+        self._apply_to_graph(self.workloads.startup_events())
         self._work: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future]] = queue.Queue()
         self._stop = threading.Event()
         self._started = time.time()
@@ -108,6 +116,7 @@ class Agent:
     def process_source_events(self, events: list[SourceEvent]) -> None:
         started = time.monotonic()
         in_sync = False
+        events = self.workloads.rewrite(events)   # wired pods keep the addresses IPAM gave them
         for ev in events:
             if isinstance(ev, Upsert):
                 self.graph.update(ev.resource)
@@ -222,36 +231,150 @@ class Agent:
     def status_events(self) -> EventSubscription:
         return self.events.subscribe()
 
+    # ------------------------------------------------------------ CNI
+
     def cni_add(self, req: CniAddRequest) -> CniAddResult:
         return self._submit(lambda: self._cni_add(req))
 
-    def _cni_add(self, req: CniAddRequest) -> CniAddResult:
-        endpoint = self.workloads.add(req, self.graph)
-        self.graph.update(endpoint)
-        self._publish(self.graph.flush())
-        self.events.publish("cni", "added", f"{endpoint.namespace}/{endpoint.pod}")
-        return CniAddResult(host_interface_name=endpoint.interface_name)
-
     def cni_del(self, req: CniDelRequest) -> None:
-        def run() -> None:
-            endpoint = self.workloads.delete(req.container_id)
-            if endpoint is not None:
-                self.graph.delete(*resource_key(endpoint))
-                self._publish(self.graph.flush())
-                self.events.publish("cni", "deleted", f"{endpoint.namespace}/{endpoint.pod}")
-        self._submit(run)
+        self._submit(lambda: self._cni_del(req))
 
     def cni_check(self, req: CniCheckRequest) -> list[str]:
-        def run() -> list[str]:
-            endpoint = self.workloads.get(req.container_id)
-            if endpoint is None:
-                return [f"container {req.container_id} is not known to the agent"]
-            with self.hub.locked_state() as state:
-                known = endpoint.key in state.workload_endpoints
-            if not known:
-                return [f"endpoint {endpoint.key} is not in the dataplane's desired state"]
-            return []
-        return self._submit(run)
+        return self._submit(lambda: self._cni_check(req))
+
+    def _apply_to_graph(self, events: list[SourceEvent]) -> None:
+        for ev in events:
+            if isinstance(ev, Upsert):
+                self.graph.update(ev.resource)
+            elif isinstance(ev, Delete):
+                self.graph.delete(ev.kind, ev.key)
+
+    def _ipam_pools(self) -> list[IPPool]:
+        """The datastore's IPPools, or the configured defaults while it has none."""
+        return list(self.workloads.datastore_pools.values()) or default_pools(self.config.ipam_default_pools)
+
+    def _node_labels(self) -> dict[str, str]:
+        node = self.graph.nodes.get(self.config.node_name)
+        return dict(node.labels) if node is not None else {}
+
+    def _cni_add(self, req: CniAddRequest) -> CniAddOutcome:
+        """IPAM (unless the request brings addresses), wire, record, publish; all or nothing."""
+        wl, cid = req.workload, req.container_id
+        if not wl.namespace or not wl.pod:
+            raise CniError("the CNI request names no pod: workload namespace and pod are required")
+        existing = self.workloads.get(cid)
+        if existing is not None and existing.pod_key != (wl.namespace, wl.pod):
+            raise CniError(f"container {cid} is already wired as {existing.namespace}/{existing.pod}")
+        if self.workloads.source_pod(wl.namespace, wl.pod) is None:
+            self.poll_once()          # the Pod may be newer than the datastore's last poll
+        fresh_ipam = False
+        if req.ips:
+            ips = tuple(ipaddress.ip_interface(f"{i.address.ip}/{i.address.max_prefixlen}") for i in req.ips)
+            in_use = self.workloads.addresses_in_use(exclude=cid)
+            for ip in ips:
+                other = in_use.get(ip.ip)
+                if other is not None:
+                    raise CniError(f"address {ip.ip} is already used by pod {other.namespace}/{other.pod}"
+                                   f" (container {other.container_id})")
+            from_ipam = False
+        elif existing is not None and existing.ipam:
+            ips, from_ipam = existing.ips, True
+        else:
+            attrs = {"namespace": wl.namespace, "pod": wl.pod, "interface": req.interface_name,
+                     "node": self.config.node_name}
+            try:
+                avoid = set(self.workloads.addresses_in_use(exclude=cid)) | self.workloads.claimed_by_datastore()
+                ips = tuple(self.ipam.assign(cid, attrs, self._ipam_pools(), self._node_labels(), avoid=avoid))
+            except (IPAMError, OSError) as exc:
+                raise CniError(f"cannot assign an address to {wl.namespace}/{wl.pod}: {exc}") from None
+            from_ipam, fresh_ipam = True, existing is None
+        record = WorkloadRecord(
+            container_id=cid, namespace=wl.namespace, pod=wl.pod, netns=req.netns,
+            interface_name=req.interface_name,
+            host_interface_name=req.host_interface_name or workload_interface_name(wl.namespace, wl.pod),
+            ips=ips, ipam=from_ipam, mtu=req.mtu or self.config.cni_mtu,
+            endpoint=wl.endpoint or req.interface_name or "eth0", orchestrator=wl.orchestrator or "k8s",
+            name=wl.name, labels=wl.labels, annotations=wl.annotations,
+            ports=tuple(NamedPort(p.name, p.protocol, p.port) for p in wl.ports if p.name),
+        )
+        wired = None
+        try:
+            wired = self.dataplane.wire_workload(record.wiring())
+            record = replace(record, host_interface_name=wired.host_interface_name,
+                             host_mac=wired.host_mac, container_mac=wired.container_mac)
+            events = self.workloads.add(record)
+        except Exception as exc:
+            if wired is not None and existing is None:
+                with contextlib.suppress(Exception):
+                    self.dataplane.unwire_workload(record.wiring())
+            if fresh_ipam:
+                with contextlib.suppress(Exception):
+                    self.ipam.release(cid)
+            if isinstance(exc, WiringError):
+                raise CniError(str(exc)) from None
+            if isinstance(exc, OSError):
+                raise CniError(f"cannot record container {cid} in {self.config.state_dir}: {exc}") from None
+            raise
+        self._apply_to_graph(events)
+        self._publish(self.graph.flush())
+        self.events.publish("cni", "added", f"{wl.namespace}/{wl.pod} {' '.join(map(str, ips))}")
+        gateways = {4: wired.gateway_v4, 6: wired.gateway_v6}
+        return CniAddOutcome(
+            host_interface_name=record.host_interface_name, container_mac=record.container_mac,
+            ips=tuple(CniIP(ip, ipaddress.ip_address(gateways[ip.version])) for ip in ips),
+            host_mac=record.host_mac,
+        )
+
+    def _cni_del(self, req: CniDelRequest) -> None:
+        """Unwire (if this container is its pod's current sandbox), release IPAM, forget it."""
+        record = self.workloads.get(req.container_id)
+        try:
+            if record is None:
+                self.ipam.release(req.container_id)   # an ADD that died before it was recorded
+                return
+            if self.workloads.is_current(record):
+                self.dataplane.unwire_workload(record.wiring())
+            if record.ipam:
+                self.ipam.release(record.container_id)
+            _, events = self.workloads.remove(record.container_id)
+        except WiringError as exc:
+            raise CniError(str(exc)) from None
+        except (IPAMError, OSError) as exc:
+            raise CniError(f"cannot release container {req.container_id}: {exc}") from None
+        self._apply_to_graph(events)
+        self._publish(self.graph.flush())
+        self.events.publish("cni", "deleted", f"{record.namespace}/{record.pod}")
+
+    def _cni_check(self, req: CniCheckRequest) -> list[str]:
+        record = self.workloads.get(req.container_id)
+        if record is None:
+            return [f"container {req.container_id} is not known to the agent"]
+        drift: list[str] = []
+        have = {ip.ip for ip in record.ips}
+        expected = req.options.get("expected_ips")
+        if expected:
+            want = {ipaddress.ip_interface(x.strip()).ip for x in expected.split(",") if x.strip()}
+            if want != have:
+                drift.append(f"the runtime expects addresses {', '.join(sorted(map(str, want)))},"
+                             f" the agent assigned {', '.join(sorted(map(str, have)))}")
+        if record.ipam:
+            held = set(self.ipam.addresses(record.container_id))
+            if held != have:
+                drift.append(f"IPAM holds {', '.join(sorted(map(str, held))) or 'nothing'} for container"
+                             f" {record.container_id}, expected {', '.join(sorted(map(str, have)))}")
+        if not self.workloads.is_current(record):
+            return drift + [f"container {record.container_id} was replaced by a newer sandbox of"
+                            f" {record.namespace}/{record.pod}"]
+        key = self.workloads.published_key(record)
+        with self.hub.locked_state() as state:
+            known = key in state.workload_endpoints
+        if not known:
+            drift.append(f"endpoint {key} is not in the dataplane's desired state")
+        try:
+            drift += self.dataplane.check_workload(record.wiring())
+        except WiringError as exc:
+            drift.append(str(exc))
+        return drift
 
 
 def run_agent(config: AgentConfig) -> int:

@@ -11,7 +11,13 @@ plugin sets ``container_id`` (field 100) or ``dataplane_options["container_id"]`
 With ``require_container_id=False`` (serving Calico's plugin) a missing id
 falls back to the netns path, which is unique per pod sandbox.
 
-The ``*_to_proto`` helpers are for clients (the ``vppagent-cni`` plugin, tests).
+An ``AddRequest`` without ``container_ips`` lets the agent's IPAM choose; the
+reply's extension fields ``assigned_ips``/``host_mac`` come from the backend's
+result when it carries ``ips`` (``CniIP``s) and ``host_mac`` attributes (see
+``vppagent.agent.workloads.CniAddOutcome``).
+
+The ``*_to_proto`` helpers are for clients (tests; the ``vppagent-cni`` plugin
+encodes its few messages itself to start fast).
 """
 
 from __future__ import annotations
@@ -121,6 +127,10 @@ def _ip_config(m: Any, path: str) -> CniIP:
     return CniIP(addr, gw)
 
 
+def _ip_config_to_proto(ip: CniIP) -> Any:
+    return cni_pb2.IPConfig(address=str(ip.address), gateway="" if ip.gateway is None else str(ip.gateway))
+
+
 def _workload(m: Any, path: str) -> CniWorkload:
     ports = []
     for i, p in enumerate(m.ports):
@@ -154,8 +164,7 @@ def add_request_from_proto(m: Any, require_container_id: bool = True) -> CniAddR
     mtu = m.settings.mtu
     if mtu and not 68 <= mtu <= 65535:
         raise ValidationError("settings.mtu", f"MTU {mtu} out of range 68-65535")
-    if not m.container_ips:
-        raise ValidationError("container_ips", "at least one container IP is required")
+    # No container_ips: the agent's IPAM assigns (our plugin); Calico's always sends them.
     ips = tuple(_ip_config(ip, f"container_ips[{i}]") for i, ip in enumerate(m.container_ips))
     routes = []
     for i, r in enumerate(m.container_routes):
@@ -175,10 +184,7 @@ def add_request_to_proto(r: CniAddRequest) -> Any:
     m = cni_pb2.AddRequest(
         interface_name=r.interface_name, netns=r.netns,
         desired_host_interface_name=r.host_interface_name,
-        container_ips=[
-            cni_pb2.IPConfig(address=str(ip.address), gateway="" if ip.gateway is None else str(ip.gateway))
-            for ip in r.ips
-        ],
+        container_ips=[_ip_config_to_proto(ip) for ip in r.ips],
         container_routes=[str(n) for n in r.routes],
         dataplane_options=dict(r.dataplane_options),
         container_id=r.container_id,
@@ -265,6 +271,8 @@ class CniService(cni_pb2_grpc.CniDataplaneServicer):
         return cni_pb2.AddReply(
             successful=True, host_interface_name=result.host_interface_name,
             container_mac=result.container_mac,
+            assigned_ips=[_ip_config_to_proto(ip) for ip in getattr(result, "ips", ())],
+            host_mac=getattr(result, "host_mac", ""),
         )
 
     def Del(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -98,7 +98,6 @@ class LinuxPodNetwork:
     def __init__(self, default_mtu: int = 1500, enable_forwarding: bool = True) -> None:
         self.default_mtu = default_mtu
         self.enable_forwarding = enable_forwarding
-        self._pod_mac = ""
 
     # ------------------------------------------------------------------ ADD
 
@@ -117,9 +116,10 @@ class LinuxPodNetwork:
         except NetnsGone as exc:
             raise WiringError(f"cannot wire {host_name}: {exc.strerror}") from None
         created = False
+        pod_mac = _random_mac()
         try:
             with IPRoute() as ipr:
-                created = self._create_veth(ipr, host_name, pod_name, nsfd, mtu, wiring.netns, must=False)
+                created = self._create_veth(ipr, host_name, pod_name, nsfd, mtu, pod_mac, wiring.netns, must=False)
                 host = _link(ipr, host_name)
                 if not created:
                     if host is None:
@@ -128,14 +128,15 @@ class LinuxPodNetwork:
                     if not self._pair_matches(ipr, host, nsfd, pod_name):
                         log.info("replacing stale %s (not the veth of %s)", host_name, wiring.netns)
                         _delete_link(ipr, host["index"])
-                        created = self._create_veth(ipr, host_name, pod_name, nsfd, mtu, wiring.netns, must=True)
+                        created = self._create_veth(ipr, host_name, pod_name, nsfd, mtu, pod_mac, wiring.netns,
+                                                    must=True)
                         host = _link(ipr, host_name)
                 if host is None:
                     raise WiringError(f"{host_name} vanished right after it was created")
                 try:
                     self._configure_host_sysctls(host_name, ips)
-                    peer = host.get_attr("IFLA_LINK") if created else None
-                    pod = run_in_netns(nsfd, lambda: self._configure_pod(pod_name, ips, mtu, peer))
+                    fresh = (host.get_attr("IFLA_LINK"), pod_mac) if created else None
+                    pod = run_in_netns(nsfd, lambda: self._configure_pod(pod_name, ips, mtu, fresh))
                     self._configure_host(ipr, host, mtu, ips, pod.mac, fresh=created)
                 except Exception:
                     if created:
@@ -164,13 +165,13 @@ class LinuxPodNetwork:
         found = run_in_netns(nsfd, peer)
         return found is not None and found[1] == host["index"] and host.get_attr("IFLA_LINK") == found[0]
 
-    def _create_veth(self, ipr: IPRoute, host_name: str, pod_name: str, nsfd: int, mtu: int, netns: str,
-                     must: bool) -> bool:
+    @staticmethod
+    def _create_veth(ipr: IPRoute, host_name: str, pod_name: str, nsfd: int, mtu: int, pod_mac: str,
+                     netns: str, must: bool) -> bool:
         """Create the pair (host end up), the pod end directly in its netns; False if it exists."""
-        self._pod_mac = _random_mac()
         try:
             ipr.link("add", ifname=host_name, kind="veth", address=HOST_MAC, mtu=mtu, state="up",
-                     peer={"ifname": pod_name, "net_ns_fd": nsfd, "mtu": mtu, "address": self._pod_mac})
+                     peer={"ifname": pod_name, "net_ns_fd": nsfd, "mtu": mtu, "address": pod_mac})
             return True
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
@@ -193,11 +194,12 @@ class LinuxPodNetwork:
             write_sysctl(f"net/ipv6/conf/{host_name}/proxy_ndp", "1")
             write_sysctl(f"net/ipv6/conf/{host_name}/forwarding", "1")
 
-    def _configure_pod(self, pod_name: str, ips: tuple[IPInterface, ...], mtu: int,
-                       fresh_index: int | None) -> _PodSide:
+    @staticmethod
+    def _configure_pod(pod_name: str, ips: tuple[IPInterface, ...], mtu: int,
+                       fresh: tuple[int, str] | None) -> _PodSide:
         """Runs inside the pod's netns: addresses, gateway neighbours and routes.
 
-        ``fresh_index`` is the pod end's ifindex when this call just created
+        ``fresh`` is the pod end's (ifindex, MAC) when this call just created
         it (nothing to compare then); otherwise the interface is re-read and
         converged (MTU, stray addresses, link state).
         """
@@ -206,8 +208,8 @@ class LinuxPodNetwork:
             if has_v6:
                 write_sysctl(f"net/ipv6/conf/{pod_name}/disable_ipv6", "0")
                 write_sysctl(f"net/ipv6/conf/{pod_name}/accept_dad", "0")
-            if fresh_index is not None:
-                idx, mac = fresh_index, self._pod_mac
+            if fresh is not None:
+                idx, mac = fresh
                 ipr.link("set", index=idx, state="up")   # a veth peer is created down
             else:
                 link = _link(ipr, pod_name)
