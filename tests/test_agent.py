@@ -57,6 +57,7 @@ def agent(tmp_path):
         "dataplane": {"type": "none"},
         "grpc": {"socket": str(tmp_path / "agent.sock")},
         "health": {"port": 0},
+        "stateDir": str(tmp_path / "state"),
     })
     a = Agent(config)
     t = threading.Thread(target=a.run, kwargs={"install_signals": False}, daemon=True)
@@ -187,7 +188,8 @@ def test_sigterm_stops_gracefully(tmp_path):
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(yaml.safe_dump({
         "nodeName": "n1", "datastore": {"type": "file", "path": str(ROOT / "examples"), "pollInterval": 0.1},
-        "grpc": {"socket": str(tmp_path / "a.sock")}, "health": {"port": 0}}))
+        "grpc": {"socket": str(tmp_path / "a.sock")}, "health": {"port": 0},
+        "stateDir": str(tmp_path / "state")}))
     proc = subprocess.Popen([sys.executable, "-m", "vppagent", "run", "--config", str(cfg)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -117,7 +117,7 @@ def test_resync_and_stop() -> None:
 
 def test_create_dataplane() -> None:
     assert isinstance(create_dataplane({"type": "none"}), NoneDataplane)
-    assert {"none", "vpp", "iptables", "nftables", "ebpf"} <= set(known_dataplanes())
+    assert {"none", "vpp", "iptables", "nftables"} <= set(known_dataplanes())
     with pytest.raises(ValueError, match="known types: .*none"):
         create_dataplane({"type": "carrier-pigeon"})
     with pytest.raises(ValueError, match="known types"):

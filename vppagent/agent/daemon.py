@@ -36,6 +36,7 @@ from vppagent.dataplane.base import Dataplane, WiringError
 from vppagent.ipam import IPAM, FileBlockStore, IPAMError, default_pools
 from vppagent.manifests.k8s import workload_interface_name
 from vppagent.model.resources import IPPool, NamedPort
+from vppagent.model.errors import ValidationError
 from vppagent.model.updates import InSync, Update
 from vppagent.sources.events import Delete, SourceEvent, SourceInSync, Upsert
 from vppagent.sources.file import FileSource
@@ -53,7 +54,12 @@ class Agent:
         self.graph = CalcGraph(config.node_name)
         self.hub = SyncHub()
         self.events = StatusEventBus()
-        self.dataplane = dataplane or create_dataplane(config.dataplane)
+        if dataplane is None:
+            try:
+                dataplane = create_dataplane(config.dataplane, config.node_name)
+            except (ValueError, TypeError) as exc:
+                raise ValidationError("dataplane", str(exc).removeprefix("dataplane: ")) from None
+        self.dataplane = dataplane
         self.source = FileSource(Path(config.datastore_path))
         self.workloads = WorkloadRegistry(config.node_name, config.state_dir)
         self.ipam = IPAM(FileBlockStore(config.state_dir), config.node_name)

@@ -22,7 +22,6 @@ _REGISTRY: dict[str, Union[Factory, str]] = {
     "vpp": "vppagent.dataplane.vpp:VppDataplane",
     "iptables": "vppagent.dataplane.iptables:IptablesDataplane",
     "nftables": "vppagent.dataplane.nftables:NftablesDataplane",
-    "ebpf": "vppagent.dataplane.ebpf:EbpfDataplane",
 }
 
 
@@ -48,14 +47,20 @@ def _resolve(type_name: str) -> Any:
         raise RuntimeError(f"dataplane {type_name!r} is unavailable ({target}): {exc}") from exc
 
 
-def create_dataplane(config: Mapping[str, Any]) -> Dataplane:
-    """Build the dataplane named by ``config["type"]`` with the rest as options."""
+def create_dataplane(config: Mapping[str, Any], node_name: str | None = None) -> Dataplane:
+    """Build the dataplane named by ``config["type"]`` with the rest as options.
+
+    ``node_name`` (the agent's) becomes the ``nodeName`` option unless the
+    config sets one: every backend accepts it.
+    """
     type_name = config.get("type")
     if type_name not in _REGISTRY:
         raise ValueError(
             f"unknown dataplane type {type_name!r}; known types: {', '.join(known_dataplanes())}"
         )
     options = {k: v for k, v in config.items() if k != "type"}
+    if node_name is not None:
+        options.setdefault("nodeName", node_name)
     target = _resolve(str(type_name))
     factory = getattr(target, "from_config", target)
     dataplane = factory(options)

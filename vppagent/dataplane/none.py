@@ -89,7 +89,7 @@ class NoneDataplane(ReconcilingDataplane):
 
     @classmethod
     def from_config(cls, options: Mapping[str, Any]) -> "NoneDataplane":
-        unknown = set(options) - {"refresh_interval"}
+        unknown = set(options) - {"refresh_interval", "nodeName"}
         if unknown:
             raise ValueError(f"dataplane none: unknown options {sorted(unknown)}")
         return cls(refresh_interval=options.get("refresh_interval"))
