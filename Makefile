@@ -27,8 +27,11 @@ $(STAMP): pyproject.toml setup.py
 proto: $(STAMP)
 	$(PY) -m vppagent.api.protogen
 
+# The agent on the Linux dataplane with CNI-created pods, real packets vs the evaluator (root).
+# DEMO_ARGS="--dataplane iptables" for iptables mode.
+DEMO_ARGS ?=
 demo: setup
-	$(VENV)/bin/vppagent eval --manifests examples --matrix
+	$(PY) -m vppagent.demo $(DEMO_ARGS)
 
 test: setup
 	$(PY) -m pytest -q tests

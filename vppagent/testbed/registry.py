@@ -1,0 +1,85 @@
+"""A record of every live testbed, so one killed with SIGKILL is cleaned up by the next.
+
+``close()`` removes a testbed's namespaces, agent and files; but a process
+killed outright (a CI timeout, ``kill -9`` on the demo) never gets there. Each
+testbed therefore keeps a small JSON record under ``/run/vppagent-testbed``
+(tmpfs: gone at reboot) naming its owner pid, agent pid, namespaces and
+scratch directory; ``reap_stale()`` undoes the records whose owner is dead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REGISTRY = Path(os.environ.get("VPPAGENT_TESTBED_REGISTRY", "/run/vppagent-testbed"))
+
+
+@dataclass
+class Record:
+    token: str
+    pid: int
+    tmp: str
+    netns: list[str] = field(default_factory=list)
+    agent_pid: int | None = None
+
+    def save(self) -> None:
+        """Best effort: without the registry only crash clean-up is lost."""
+        path = REGISTRY / f"{self.token}.json"
+        tmp = path.with_name(f".{path.name}.tmp")
+        with contextlib.suppress(OSError):
+            REGISTRY.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(asdict(self)))
+            os.replace(tmp, path)
+
+    def drop(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (REGISTRY / f"{self.token}.json").unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_agent(pid: int) -> bool:
+    """Only an agent we started is ever killed: its command line must say so."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"vppagent" in cmdline and b"run" in cmdline
+
+
+def reap_stale() -> list[str]:
+    """Undo the testbeds whose owner process is gone; returns the tokens reaped."""
+    reaped: list[str] = []
+    if not REGISTRY.is_dir():
+        return reaped
+    for path in REGISTRY.glob("*.json"):
+        try:
+            rec = Record(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+        if _alive(rec.pid):
+            continue
+        if rec.agent_pid and _is_agent(rec.agent_pid):
+            with contextlib.suppress(OSError):
+                os.kill(rec.agent_pid, signal.SIGKILL)
+        for name in rec.netns:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        shutil.rmtree(rec.tmp, ignore_errors=True)
+        rec.drop()
+        reaped.append(rec.token)
+    return reaped
