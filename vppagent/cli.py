@@ -57,6 +57,61 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return print_status(args.socket, as_json=args.json)
 
 
+def _cmd_vpp_render_config(args: argparse.Namespace) -> int:
+    from vppagent.vpp_node.config import load_node_config
+    from vppagent.vpp_node.startup import render_startup_cli, render_startup_conf, rendered_with_cli_comment
+
+    cfg = load_node_config(args.config, check_host=not args.no_host_checks)
+    if not args.output:
+        sys.stdout.write(rendered_with_cli_comment(cfg))
+        return 0
+    import os
+
+    conf, cli = render_startup_conf(cfg), render_startup_cli(cfg)
+    for path, text in ((args.output, conf), (cfg.exec_file, cli)):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_vpp_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from vppagent.vpp_node.config import load_node_config
+    from vppagent.vpp_node.manager import run_manager
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("pyroute2", "asyncio", "vpp_papi"):   # their debug output is every message
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    return run_manager(load_node_config(args.config))
+
+
+def _add_vpp_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    vpp = sub.add_parser("vpp", help="run VPP on the node: startup.conf, uplink handover, supervision",
+                         description="The node side of the VPP dataplane (the vpp: section of the config).")
+    vsub = vpp.add_subparsers(dest="vpp_command", required=True, metavar="VPP_COMMAND")
+    rc = vsub.add_parser("render-config", help="print (or write) the startup.conf rendered from the config",
+                         description="Render startup.conf from the vpp: section of FILE with the templates in "
+                                     "startup-conf/; the startup CLI script follows as ## comments (with "
+                                     "--output it is written to vpp.execFile). Exit 2 on an invalid config.")
+    rc.add_argument("--config", required=True, metavar="FILE", help="YAML with a vpp: section")
+    rc.add_argument("--output", metavar="PATH", help="write startup.conf here instead of printing it")
+    rc.add_argument("--no-host-checks", action="store_true",
+                    help="render for another machine: skip the CPU, memory, hugepage and plugin checks")
+    rc.set_defaults(func=_cmd_vpp_render_config)
+    run = vsub.add_parser("run", help="hand the uplink to VPP, supervise VPP, restore Linux when it stops",
+                          description="Record the uplink's Linux state, start VPP with it, recreate the uplink's "
+                                      "name, MAC, addresses and routes on a host interface through VPP, "
+                                      "supervise VPP (restart policy) and restore Linux exactly on SIGTERM or "
+                                      "when VPP stops.")
+    run.add_argument("--config", required=True, metavar="FILE", help="YAML with a vpp: section")
+    run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    run.set_defaults(func=_cmd_vpp_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vppagent",
@@ -93,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--socket", default="/run/vppagent/agent.sock", help="agent gRPC socket")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=_cmd_status)
+
+    _add_vpp_commands(sub)
     return parser
 
 

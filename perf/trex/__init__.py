@@ -1,0 +1,1 @@
+"""TRex stateless profiles, the NDR/PDR search and its runner (see runner.py)."""
