@@ -51,6 +51,7 @@ class AgentConfig:
     health_port: int = 9099
     log_level: str = "info"
     resync_interval: float = 180.0
+    vpp: dict[str, Any] | None = None      # the `vpp:` node section, read by `vppagent vpp run`
     state_dir: str = DEFAULT_STATE_DIR
     cni_mtu: int = 1500
     ipam_default_pools: tuple[str, ...] = DEFAULT_POOLS
@@ -88,6 +89,11 @@ def parse_config(data: Any, source: str = "config") -> AgentConfig:
         port = h.int("port", defaults.health_port, lo=0, hi=65535)
         host = h.str("host") or defaults.health_host
         h.check_unknown()
+        vpp_section = top.raw("vpp")
+        if vpp_section is not None:
+            from vppagent.vpp_node.config import parse_node_config
+
+            parse_node_config(vpp_section, check_host=False)   # errors name vpp.<field>
         level = top.str("logLevel") or "info"
         if level.lower() not in ("debug", "info", "warning", "error"):
             raise ValidationError("logLevel", f"invalid log level {level!r} (debug, info, warning, error)")
@@ -117,6 +123,7 @@ def parse_config(data: Any, source: str = "config") -> AgentConfig:
         health_port=port if port is not None else defaults.health_port,
         log_level=level.lower(),
         resync_interval=resync if resync is not None else defaults.resync_interval,
+        vpp=vpp_section,
         state_dir=state_dir,
         cni_mtu=mtu if mtu is not None else defaults.cni_mtu,
         ipam_default_pools=pools,

@@ -28,6 +28,7 @@ class Record:
     tmp: str
     netns: list[str] = field(default_factory=list)
     agent_pid: int | None = None
+    started: str = field(default_factory=lambda: start_time(os.getpid()))
 
     def save(self) -> None:
         """Best effort: without the registry only crash clean-up is lost."""
@@ -43,23 +44,32 @@ class Record:
             (REGISTRY / f"{self.token}.json").unlink()
 
 
-def _alive(pid: int) -> bool:
+def start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot ("" if it is gone).
+
+    A pid alone is not an identity: pids are reused, so a record also keeps
+    this and a live process with another start time is someone else.
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _is_agent(pid: int) -> bool:
-    """Only an agent we started is ever killed: its command line must say so."""
+def _alive(pid: int, started: str) -> bool:
+    now = start_time(pid)
+    return bool(now) and (not started or now == started)
+
+
+def _is_agent(pid: int, tmp: str) -> bool:
+    """Only the agent this testbed started is ever killed: its command line
+    names the testbed's own scratch directory (its config lives there)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"vppagent" in cmdline and b"run" in cmdline
+    return b"vppagent" in cmdline and b"run" in cmdline and tmp.encode() in cmdline
 
 
 def reap_stale() -> list[str]:
@@ -72,9 +82,9 @@ def reap_stale() -> list[str]:
             rec = Record(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
             continue
-        if _alive(rec.pid):
+        if _alive(rec.pid, rec.started):
             continue
-        if rec.agent_pid and _is_agent(rec.agent_pid):
+        if rec.agent_pid and _is_agent(rec.agent_pid, rec.tmp):
             with contextlib.suppress(OSError):
                 os.kill(rec.agent_pid, signal.SIGKILL)
         for name in rec.netns:
