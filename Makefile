@@ -36,8 +36,13 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# Benchmarks print tables and write plots to perf/out/ (root; ~15 min on 2 cores). See perf/README.md.
 perf: setup
+	$(PIP) install -q -e '.[perf]'
 	$(PY) perf/calc_bench.py
+	$(PY) perf/cni_bench.py
+	$(PY) perf/linux_control_bench.py
+	$(PY) perf/linux_dataplane_bench.py
 
 clean:
 	rm -rf $(VENV) vppagent/api/gen build *.egg-info
