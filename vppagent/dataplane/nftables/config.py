@@ -11,10 +11,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from vppagent.model.resources import PROTOCOL_NUMBERS
+from vppagent.dataplane.failsafe import Failsafe
+from vppagent.dataplane.failsafe import parse_failsafe as _parse_failsafe
 
 # (protocol, first port, last port); Calico's defaults.
-Failsafe = tuple[tuple[int, int, int], ...]
 DEFAULT_FAILSAFE_INBOUND: Failsafe = (
     (6, 22, 22), (17, 68, 68), (6, 179, 179), (6, 2379, 2380), (6, 6443, 6443),
 )
@@ -144,29 +144,5 @@ def _mask(value: Any) -> int:
 
 
 def parse_failsafe(value: Any, key: str) -> Failsafe:
-    """``["tcp:22", {protocol: udp, port: 68}, "tcp:2379-2380"]`` → (proto, first, last) tuples."""
-    if not isinstance(value, list):
-        raise ConfigError(f"dataplane.{key}: expected a list of 'proto:port' entries")
-    out = []
-    for i, item in enumerate(value):
-        where = f"dataplane.{key}[{i}]"
-        if isinstance(item, str):
-            proto_text, sep, port_text = item.partition(":")
-            if not sep:
-                raise ConfigError(f"{where}: expected 'proto:port', got {item!r}")
-        elif isinstance(item, dict) and set(item) <= {"protocol", "port"} and "port" in item:
-            proto_text, port_text = str(item.get("protocol", "tcp")), str(item["port"])
-        else:
-            raise ConfigError(f"{where}: expected 'proto:port' or {{protocol, port}}, got {item!r}")
-        proto = PROTOCOL_NUMBERS.get(proto_text.upper())
-        if proto not in (6, 17, 132):
-            raise ConfigError(f"{where}: protocol must be tcp, udp or sctp, got {proto_text!r}")
-        first_text, _, last_text = port_text.replace(":", "-").partition("-")
-        try:
-            first, last = int(first_text), int(last_text or first_text)
-        except ValueError:
-            raise ConfigError(f"{where}: invalid port {port_text!r}") from None
-        if not 0 < first <= last <= 65535:
-            raise ConfigError(f"{where}: invalid port range {port_text!r}")
-        out.append((proto, first, last))
-    return tuple(out)
+    """A failsafe port list option; errors are this backend's ConfigError."""
+    return _parse_failsafe(value, key, ConfigError)

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from vppagent.dataplane.failsafe import Failsafe
+from vppagent.dataplane.failsafe import parse_failsafe as _parse_failsafe
 from vppagent.evaluator.engine import FAILSAFE_INBOUND, FAILSAFE_OUTBOUND
-from vppagent.model.resources import PROTOCOL_NUMBERS
 
-Failsafe = tuple[tuple[int, int, int], ...]
 POD_INTERFACES = ("tap", "af_packet", "memif")
 POLICY_ENGINES = ("npol", "acl", "auto")
 FACINGS = ("host", "uplink")
@@ -214,27 +214,5 @@ def _host_interfaces(value: Any) -> dict[str, HostInterface]:
 
 
 def parse_failsafe(value: Any, key: str) -> Failsafe:
-    """``["tcp:22", {protocol: udp, port: 68}, "tcp:2379-2380"]`` → (proto, first, last)."""
-    if not isinstance(value, list):
-        raise ConfigError(f"dataplane.{key}: expected a list of 'proto:port' entries")
-    out = []
-    for i, item in enumerate(value):
-        where = f"dataplane.{key}[{i}]"
-        if isinstance(item, str) and ":" in item:
-            proto_text, _, port_text = item.partition(":")
-        elif isinstance(item, Mapping) and set(item) <= {"protocol", "port"} and "port" in item:
-            proto_text, port_text = str(item.get("protocol", "tcp")), str(item["port"])
-        else:
-            raise ConfigError(f"{where}: expected 'proto:port' or {{protocol, port}}, got {item!r}")
-        proto = PROTOCOL_NUMBERS.get(proto_text.upper())
-        if proto not in (6, 17, 132):
-            raise ConfigError(f"{where}: protocol must be tcp, udp or sctp, got {proto_text!r}")
-        first_text, _, last_text = port_text.replace(":", "-").partition("-")
-        try:
-            first, last = int(first_text), int(last_text or first_text)
-        except ValueError:
-            raise ConfigError(f"{where}: invalid port {port_text!r}") from None
-        if not 0 < first <= last <= 65535:
-            raise ConfigError(f"{where}: invalid port range {port_text!r}")
-        out.append((proto, first, last))
-    return tuple(out)
+    """A failsafe port list option; errors are this backend's ConfigError."""
+    return _parse_failsafe(value, key, ConfigError)
