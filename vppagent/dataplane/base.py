@@ -196,6 +196,16 @@ class ReconcilingDataplane(Dataplane):
             self._last_error = errors[-1]
 
     def apply(self, updates: Sequence[Update]) -> None:
+        self.fold(updates)
+        if self.state.in_sync:
+            self._note(self.reconciler.commit())
+
+    def fold(self, updates: Sequence[Update]) -> None:
+        """Fold a batch into the state and translate it, without committing.
+
+        Subclasses that need extra steps before their commit call this from
+        their own ``apply``.
+        """
         for update in updates:
             try:
                 self.state.apply(update)
@@ -206,8 +216,6 @@ class ReconcilingDataplane(Dataplane):
                 continue
             if isinstance(update, InSync):
                 self.reconciler.mark_in_sync()
-        if self.state.in_sync:
-            self._note(self.reconciler.commit())
 
     def run_periodic(self) -> None:
         self._note(self.reconciler.run_due_retries())

@@ -53,7 +53,7 @@ def _kind(msg: Any) -> str | None:
     return info.get_attr("IFLA_INFO_KIND") if info is not None else None
 
 
-def _link(ipr: IPRoute, name: str) -> Any | None:
+def get_link(ipr: IPRoute, name: str) -> Any | None:
     """The link message for ``name`` or None (one RTM_GETLINK, no dump)."""
     try:
         return ipr.link("get", ifname=name)[0]
@@ -120,7 +120,7 @@ class LinuxPodNetwork:
         try:
             with IPRoute() as ipr:
                 created = self._create_veth(ipr, host_name, pod_name, nsfd, mtu, pod_mac, wiring.netns, must=False)
-                host = _link(ipr, host_name)
+                host = get_link(ipr, host_name)
                 if not created:
                     if host is None:
                         raise WiringError(f"cannot create {pod_name} in {wiring.netns}: an interface with"
@@ -130,7 +130,7 @@ class LinuxPodNetwork:
                         _delete_link(ipr, host["index"])
                         created = self._create_veth(ipr, host_name, pod_name, nsfd, mtu, pod_mac, wiring.netns,
                                                     must=True)
-                        host = _link(ipr, host_name)
+                        host = get_link(ipr, host_name)
                 if host is None:
                     raise WiringError(f"{host_name} vanished right after it was created")
                 try:
@@ -159,7 +159,7 @@ class LinuxPodNetwork:
 
         def peer() -> tuple[int, int | None] | None:
             with IPRoute() as pipr:
-                link = _link(pipr, pod_name)
+                link = get_link(pipr, pod_name)
                 return None if link is None else (link["index"], link.get_attr("IFLA_LINK"))
 
         found = run_in_netns(nsfd, peer)
@@ -212,7 +212,7 @@ class LinuxPodNetwork:
                 idx, mac = fresh
                 ipr.link("set", index=idx, state="up")   # a veth peer is created down
             else:
-                link = _link(ipr, pod_name)
+                link = get_link(ipr, pod_name)
                 if link is None:
                     raise WiringError(f"{pod_name} is missing in the pod's network namespace")
                 idx, mac = link["index"], link.get_attr("IFLA_ADDRESS")
@@ -262,7 +262,7 @@ class LinuxPodNetwork:
         """Remove the pod's veth (which takes its routes along); fine when already gone."""
         try:
             with IPRoute() as ipr:
-                host = _link(ipr, wiring.host_interface_name)
+                host = get_link(ipr, wiring.host_interface_name)
                 if host is not None:
                     _delete_link(ipr, host["index"])
                     return
@@ -282,7 +282,7 @@ class LinuxPodNetwork:
     @staticmethod
     def _delete_orphan(name: str) -> None:
         with IPRoute() as ipr:
-            link = _link(ipr, name)
+            link = get_link(ipr, name)
             if link is not None and _kind(link) == "veth":
                 _delete_link(ipr, link["index"])
 
@@ -295,7 +295,7 @@ class LinuxPodNetwork:
         host_name, pod_name = wiring.host_interface_name, wiring.interface_name
         drift: list[str] = []
         with IPRoute() as ipr:
-            host = _link(ipr, host_name)
+            host = get_link(ipr, host_name)
             if host is None:
                 drift.append(f"host interface {host_name} is missing")
             else:
@@ -339,7 +339,7 @@ def _check_host(ipr: IPRoute, host: Any, mtu: int, ips: tuple[IPInterface, ...])
 
 def _check_pod(pod_name: str, mtu: int, ips: tuple[IPInterface, ...], host: Any | None) -> list[str]:
     with IPRoute() as ipr:
-        link = _link(ipr, pod_name)
+        link = get_link(ipr, pod_name)
         if link is None:
             return [f"{pod_name} is missing in the pod's network namespace"]
         idx = link["index"]

@@ -39,7 +39,7 @@ from vppagent.dataplane.vpp.policy import Rendered, render
 from vppagent.dataplane.vpp.store import StateStore
 from vppagent.model.state import DataplaneState
 from vppagent.model.updates import (
-    HostEndpointRemove, HostEndpointUpdate, InSync, IPSetDeltaUpdate, IPSetRemove, IPSetUpdate,
+    HostEndpointRemove, HostEndpointUpdate, IPSetDeltaUpdate, IPSetRemove, IPSetUpdate,
     PolicyRemove, PolicyUpdate, ProfileRemove, ProfileUpdate, ServiceRemove, ServiceUpdate, Update,
     WorkloadEndpointRemove, WorkloadEndpointUpdate,
 )
@@ -422,16 +422,7 @@ class VppDataplane(ReconcilingDataplane):
     # ------------------------------------------------------------ Dataplane
 
     def apply(self, updates: Sequence[Update]) -> None:
-        for update in updates:
-            try:
-                self.state.apply(update)
-                self.on_update(update, self.state)
-            except Exception as exc:   # one bad update must not stall the stream
-                self._last_error = f"{type(update).__name__}: {exc}"
-                log.error("vpp: cannot apply %r: %s", update, exc)
-                continue
-            if isinstance(update, InSync):
-                self.reconciler.mark_in_sync()
+        self.fold(updates)
         if self._hosts_changed and self._connected:
             self._hosts_changed = False
             self._sync_refs()

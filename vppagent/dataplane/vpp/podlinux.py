@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from vppagent.dataplane.base import WiringError
+from vppagent.dataplane.linux.pods import get_link as _link
 from vppagent.dataplane.linux.netlink_ns import NetnsGone, netns_exists, open_netns, run_in_netns, write_sysctl
 
 GATEWAY_V4 = "169.254.1.1"
@@ -55,16 +56,6 @@ def _in_ns(netns: str | None, fn: Callable[[], T]) -> T:
         return run_in_netns(fd, fn)
     finally:
         os.close(fd)
-
-
-def _link(ipr: Any, name: str) -> Any | None:
-    from pyroute2.netlink.exceptions import NetlinkError
-    try:
-        return ipr.link("get", ifname=name)[0]
-    except NetlinkError as exc:
-        if exc.code in (errno.ENODEV, errno.ENOENT):
-            return None
-        raise
 
 
 @dataclass(frozen=True)
