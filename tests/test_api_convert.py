@@ -23,7 +23,7 @@ from vppagent.model.resources import (
 from vppagent.model.state import DataplaneState
 from vppagent.model.updates import (
     ConfigUpdate, HostEndpointInfo, HostEndpointRemove, HostEndpointUpdate, InSync, IPPoolRemove,
-    IPPoolUpdate, IPSetDeltaUpdate, IPSetRemove, IPSetType, IPSetUpdate, PolicyID, PolicyRemove,
+    IPPoolUpdate, RouteEncap, RouteInfo, RouteRemove, RouteUpdate, IPSetDeltaUpdate, IPSetRemove, IPSetType, IPSetUpdate, PolicyID, PolicyRemove,
     PolicyUpdate, ProfileRemove, ProfileUpdate, RenderedPolicy, RenderedRule, RuleOrigin,
     ServiceRemove, ServiceUpdate, TierInfo, WorkloadEndpointInfo, WorkloadEndpointRemove,
     WorkloadEndpointUpdate,
@@ -228,6 +228,9 @@ def test_every_oneof_field_is_covered():
         WorkloadEndpointRemove("w"), HostEndpointUpdate("h", HostEndpointInfo("h", "node", "eth0")),
         HostEndpointRemove("h"), ServiceUpdate("s", Service("ns", "n")), ServiceRemove("s"),
         IPPoolUpdate("p", IPPool("p", ipaddress.ip_network("10.0.0.0/16"), 26)), IPPoolRemove("p"),
+        RouteUpdate("10.1.0.0/26", RouteInfo(ipaddress.ip_network("10.1.0.0/26"), "n2",
+                                             ipaddress.ip_address("192.168.0.2"), RouteEncap.VXLAN)),
+        RouteRemove("10.1.0.0/26"),
     }
     kinds = {update_to_proto(u).WhichOneof("kind") for u in covered}
     assert kinds == {f.name for f in pb.Update.DESCRIPTOR.oneofs_by_name["kind"].fields}
@@ -582,3 +585,21 @@ def test_rewrite_imports_only_touches_generated_modules():
     out = protogen._rewrite_imports(text, {"cni.cnibackend_pb2"})
     assert out == ("import grpc\nfrom google.protobuf import timestamp_pb2 as t\n"
                    "from vppagent.api.gen.cni import cnibackend_pb2 as c\n")
+
+
+def test_route_errors_name_the_field():
+    m = pb.Update()
+    m.route.id = "10.1.0.0/26"
+    m.route.route.dst = "10.1.0.0/26"
+    m.route.route.node = "n2"
+    m.route.route.gateway = "not-an-ip"
+    with pytest.raises(ValidationError, match=r"updates\[0\]\.route\.route\.gateway"):
+        update_from_proto(m)
+    m.route.route.gateway = "192.168.0.2"
+    m.route.route.encap = "gre"
+    with pytest.raises(ValidationError, match=r"route\.route\.encap: unknown encap 'gre'"):
+        update_from_proto(m)
+    m.route.route.encap = ""
+    m.route.id = "10.2.0.0/26"
+    with pytest.raises(ValidationError, match=r"route\.id: must equal route\.dst"):
+        update_from_proto(m)

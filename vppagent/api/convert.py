@@ -26,7 +26,7 @@ from vppagent.model.resources import (
 from vppagent.model.state import DataplaneState
 from vppagent.model.updates import (
     ConfigUpdate, HostEndpointInfo, HostEndpointRemove, HostEndpointUpdate, InSync, IPPoolRemove,
-    IPPoolUpdate, IPSetDeltaUpdate, IPSetRemove, IPSetType, IPSetUpdate, PolicyID, PolicyRemove,
+    IPPoolUpdate, RouteEncap, RouteInfo, RouteRemove, RouteUpdate, IPSetDeltaUpdate, IPSetRemove, IPSetType, IPSetUpdate, PolicyID, PolicyRemove,
     PolicyUpdate, ProfileRemove, ProfileUpdate, RenderedPolicy, RenderedRule, RuleOrigin,
     ServiceRemove, ServiceUpdate, TierInfo, Update, WorkloadEndpointInfo, WorkloadEndpointRemove,
     WorkloadEndpointUpdate,
@@ -73,6 +73,7 @@ _REMOVE_KINDS: dict[int, type] = {
     _Kind.HOST_ENDPOINT: HostEndpointRemove,
     _Kind.SERVICE: ServiceRemove,
     _Kind.IP_POOL: IPPoolRemove,
+    _Kind.ROUTE: RouteRemove,
 }
 _KIND_OF_REMOVE = {v: k for k, v in _REMOVE_KINDS.items()}
 
@@ -617,6 +618,15 @@ def update_to_proto(u: Update) -> Any:
             m.ip_pool.pool.CopyFrom(_pool_to_proto(p))
         case IPPoolRemove(id=i):
             m.ip_pool_remove.id = i
+        case RouteUpdate(id=i, route=r):
+            m.route.id = i
+            m.route.route.dst = str(r.dst)
+            m.route.route.node = r.node
+            m.route.route.gateway = str(r.gateway)
+            m.route.route.encap = r.encap.value
+            m.route.route.nat_outgoing = r.nat_outgoing
+        case RouteRemove(id=i):
+            m.route_remove.id = i
         case _:
             raise TypeError(f"not an update: {u!r}")
     return m
@@ -687,6 +697,24 @@ def _from_pool(m: Any, path: str) -> Update:
     return IPPoolUpdate(_id(m.id, _p(path, "id")), _pool_from_proto(m.pool, _p(path, "pool")))
 
 
+_ROUTE_ENCAPS = tuple(e.value for e in RouteEncap)
+
+
+def _from_route(m: Any, path: str) -> Update:
+    if not m.HasField("route"):
+        raise ValidationError(_p(path, "route"), "route is required")
+    r, rpath = m.route, _p(path, "route")
+    dst = _cidr(r.dst, _p(rpath, "dst"))
+    gateway = _ip(r.gateway, _p(rpath, "gateway"))
+    ident = _id(m.id, _p(path, "id"))
+    if ident != str(dst):
+        raise ValidationError(_p(path, "id"), f"must equal route.dst ({dst}), got {ident!r}")
+    encap = RouteEncap(_choice(r.encap, _ROUTE_ENCAPS, "none", _p(rpath, "encap"), "encap"))
+    return RouteUpdate(ident, RouteInfo(
+        dst=dst, node=_id(r.node, _p(rpath, "node"), "node"), gateway=gateway, encap=encap,
+        nat_outgoing=r.nat_outgoing))
+
+
 def _simple_remove(cls: type) -> Callable[[Any, str], Update]:
     def conv(m: Any, path: str) -> Update:
         return cls(_id(m.id, _p(path, "id")))
@@ -711,6 +739,8 @@ _FROM_PROTO: dict[str, Callable[[Any, str], Update]] = {
     "service_remove": _simple_remove(ServiceRemove),
     "ip_pool": _from_pool,
     "ip_pool_remove": _simple_remove(IPPoolRemove),
+    "route": _from_route,
+    "route_remove": _simple_remove(RouteRemove),
 }
 
 
@@ -797,7 +827,7 @@ _FIELD_OF = {
     WorkloadEndpointUpdate: "workload_endpoint", WorkloadEndpointRemove: "workload_endpoint_remove",
     HostEndpointUpdate: "host_endpoint", HostEndpointRemove: "host_endpoint_remove",
     ServiceUpdate: "service", ServiceRemove: "service_remove", IPPoolUpdate: "ip_pool",
-    IPPoolRemove: "ip_pool_remove",
+    IPPoolRemove: "ip_pool_remove", RouteUpdate: "route", RouteRemove: "route_remove",
 }
 
 

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from vppagent.calc.label_index import LabelIndex
+from vppagent.calc.routes import RouteCalculator
 from vppagent.calc.rules import IPSetSpec, RuleRenderer
 from vppagent.model.resources import (
     ALLOW_ALL_RULES, DEFAULT_TIER, DEFAULT_TIER_ORDER, LABEL_NAME, LABEL_NAMESPACE, LABEL_ORCHESTRATOR,
     NAMESPACE_LABEL_PREFIX, NAMESPACE_PROFILE_PREFIX, SERVICE_ACCOUNT_LABEL_PREFIX,
-    SERVICE_ACCOUNT_PROFILE_PREFIX, Direction, EndpointSlice, HostEndpoint, IPPool, Namespace,
+    SERVICE_ACCOUNT_PROFILE_PREFIX, BlockAffinity, Direction, EndpointSlice, HostEndpoint, IPPool, Namespace,
     NetworkSet, Node, Policy, Profile, Resource, Service, ServiceAccount, Tier, TierDefault,
     WorkloadEndpoint, resource_key,
 )
@@ -102,6 +103,7 @@ class CalcGraph:
         self._service_ipsets: dict[str, set[str]] = defaultdict(set)
         self._pools: dict[str, IPPool] = {}
         self.nodes: dict[str, Node] = {}
+        self.routes = RouteCalculator(node_name)
         # Dirty sets and the last emitted values.
         self._dirty_endpoints: set[ItemID] = set()
         self._dirty_policies: set[str] = set()
@@ -171,11 +173,15 @@ class CalcGraph:
                 else:
                     self._pools[resource.name] = resource
                 self._dirty_pools.add(resource.name)
+                self.routes.on_pool(resource, removed)
             case Node():
                 if removed:
                     self.nodes.pop(resource.name, None)
                 else:
                     self.nodes[resource.name] = resource
+                self.routes.on_node(resource, removed)
+            case BlockAffinity():
+                self.routes.on_block(resource, removed)
             case _:
                 raise TypeError(f"unsupported resource {type(resource).__name__}")
 
@@ -641,6 +647,9 @@ class CalcGraph:
         self._dirty_ipsets.clear()
         self._dirty_services.clear()
         self._dirty_pools.clear()
+        route_adds, route_removes = self.routes.flush()
+        adds.extend(route_adds)
+        removes.extend(route_removes)
         return adds + endpoint_removes + removes + profile_removes + policy_removes + ipset_removes
 
     # ------------------------------------------------------------------ queries
@@ -659,6 +668,7 @@ class CalcGraph:
             "profiles": len(self._sent_profiles),
             "ipsets": len(self._sent_ipsets),
             "services": len(self._sent_services),
+            "routes": len(self.routes),
         }
 
 

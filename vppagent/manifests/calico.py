@@ -9,7 +9,7 @@ from vppagent.manifests.fields import (
 )
 from vppagent.model.errors import ValidationError
 from vppagent.model.resources import (
-    DEFAULT_TIER, DEFAULT_TIER_ORDER, ICMP_PROTOCOLS, PORT_PROTOCOLS, Action, Direction,
+    DEFAULT_TIER, DEFAULT_TIER_ORDER, ICMP_PROTOCOLS, PORT_PROTOCOLS, Action, BlockAffinity, Direction,
     EntityRule, HostEndpoint, ICMPMatch, IPNetwork, IPPool, NamedPort, NetworkSet, Policy,
     Profile, Resource, Rule, ServiceAccountMatch, ServiceMatch, Tier, TierDefault, WorkloadEndpoint,
 )
@@ -266,6 +266,19 @@ def parse_ip_pool(meta: Fields, spec: Fields) -> IPPool:
     return pool
 
 
+def parse_block_affinity(meta: Fields, spec: Fields) -> BlockAffinity:
+    """A node's claim on an IPAM block (Calico's BlockAffinity): drives routes to that node."""
+    cidr = parse_network(spec.str("cidr", required=True), spec.at("cidr"))
+    node = spec.str("node", required=True)
+    state = spec.str("state") or "confirmed"
+    if state not in ("confirmed", "pending", "pendingDeletion"):
+        raise ValidationError(spec.at("state"), f"invalid state {state!r} (expected confirmed, pending or pendingDeletion)")
+    spec.raw("deleted")
+    spec.check_unknown()
+    meta.str("name")
+    return BlockAffinity(cidr=cidr, node=node)
+
+
 CalicoParser = Callable[[Fields, Fields], Resource]
 
 CALICO_KINDS: dict[str, CalicoParser] = {
@@ -278,6 +291,7 @@ CALICO_KINDS: dict[str, CalicoParser] = {
     "NetworkSet": lambda m, s: parse_network_set(m, s, namespaced=True),
     "GlobalNetworkSet": lambda m, s: parse_network_set(m, s, namespaced=False),
     "IPPool": parse_ip_pool,
+    "BlockAffinity": parse_block_affinity,
 }
 
 # Which spec fields reject unknown keys: user-written policy must not silently lose a typo.

@@ -341,9 +341,21 @@ class Node:
     pod_cidrs: tuple[IPNetwork, ...] = ()
 
 
+@dataclass(frozen=True)
+class BlockAffinity:
+    """An IPAM block claimed by a node: the routes other nodes need to reach its pods."""
+
+    cidr: IPNetwork
+    node: str
+
+    @property
+    def key(self) -> str:
+        return str(self.cidr)
+
+
 Resource = Union[
     Tier, Policy, Profile, WorkloadEndpoint, HostEndpoint, NetworkSet, Namespace,
-    ServiceAccount, IPPool, Service, EndpointSlice, Node,
+    ServiceAccount, IPPool, Service, EndpointSlice, Node, BlockAffinity,
 ]
 
 

@@ -12,7 +12,7 @@ from typing import Iterable, Iterator
 
 from vppagent.model.updates import (
     ConfigUpdate, HostEndpointInfo, HostEndpointRemove, HostEndpointUpdate, InSync, IPPoolRemove,
-    IPPoolUpdate, IPSetDeltaUpdate, IPSetRemove, IPSetType, IPSetUpdate, PolicyID, PolicyRemove,
+    IPPoolUpdate, RouteRemove, RouteUpdate, IPSetDeltaUpdate, IPSetRemove, IPSetType, IPSetUpdate, PolicyID, PolicyRemove,
     PolicyUpdate, ProfileRemove, ProfileUpdate, RenderedPolicy, ServiceRemove, ServiceUpdate, Update,
     WorkloadEndpointInfo, WorkloadEndpointRemove, WorkloadEndpointUpdate,
 )
@@ -33,6 +33,7 @@ class DataplaneState:
     host_endpoints: dict[str, HostEndpointInfo] = field(default_factory=dict)
     services: dict[str, ServiceUpdate] = field(default_factory=dict)
     pools: dict[str, IPPoolUpdate] = field(default_factory=dict)
+    routes: dict[str, RouteUpdate] = field(default_factory=dict)
     config: dict[str, str] = field(default_factory=dict)
     in_sync: bool = False
 
@@ -72,6 +73,10 @@ class DataplaneState:
                 self.pools[i] = update
             case IPPoolRemove(id=i):
                 self.pools.pop(i, None)
+            case RouteUpdate(id=i):
+                self.routes[i] = update
+            case RouteRemove(id=i):
+                self.routes.pop(i, None)
             case ConfigUpdate(config=c):
                 self.config = dict(c)
             case InSync():
@@ -95,6 +100,8 @@ class DataplaneState:
             yield prof
         for _, pool in sorted(self.pools.items()):
             yield pool
+        for _, route in sorted(self.routes.items()):
+            yield route
         for _, svc in sorted(self.services.items()):
             yield svc
         for i, wep in sorted(self.workload_endpoints.items()):
@@ -111,4 +118,5 @@ class DataplaneState:
             "host_endpoints": len(self.host_endpoints),
             "services": len(self.services),
             "pools": len(self.pools),
+            "routes": len(self.routes),
         }

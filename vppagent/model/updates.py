@@ -220,6 +220,33 @@ class IPPoolRemove:
     id: str
 
 
+class RouteEncap(str, enum.Enum):
+    NONE = "none"      # plain route via the node's address (the underlay routes pod addresses)
+    VXLAN = "vxlan"    # through the VXLAN overlay to the node's address
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    """A route to another node's pod block: where it lives and how to get there."""
+
+    dst: IPNetwork
+    node: str
+    gateway: IPAddress          # the node's address on the underlay
+    encap: RouteEncap = RouteEncap.NONE
+    nat_outgoing: bool = False  # the block's pool masquerades traffic leaving the cluster
+
+
+@dataclass(frozen=True)
+class RouteUpdate:
+    id: str                     # the destination CIDR
+    route: RouteInfo
+
+
+@dataclass(frozen=True)
+class RouteRemove:
+    id: str
+
+
 @dataclass(frozen=True)
 class InSync:
     """The initial snapshot is complete: a dataplane may now write."""
@@ -235,10 +262,10 @@ Update = Union[
     IPSetUpdate, IPSetDeltaUpdate, IPSetRemove,
     PolicyUpdate, PolicyRemove, ProfileUpdate, ProfileRemove,
     WorkloadEndpointUpdate, WorkloadEndpointRemove, HostEndpointUpdate, HostEndpointRemove,
-    ServiceUpdate, ServiceRemove, IPPoolUpdate, IPPoolRemove,
+    ServiceUpdate, ServiceRemove, IPPoolUpdate, IPPoolRemove, RouteUpdate, RouteRemove,
 ]
 
 REMOVALS = (
     IPSetRemove, PolicyRemove, ProfileRemove, WorkloadEndpointRemove, HostEndpointRemove,
-    ServiceRemove, IPPoolRemove,
+    ServiceRemove, IPPoolRemove, RouteRemove,
 )

@@ -1,9 +1,10 @@
-"""What every source emits: resource upserts and deletions, and sync markers."""
+"""What every source emits: resource upserts and deletions, sync markers and status."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vppagent.model.errors import ValidationError
 from vppagent.model.resources import Resource
 
 
@@ -23,4 +24,19 @@ class SourceInSync:
     """The source has delivered its complete initial state."""
 
 
-SourceEvent = Upsert | Delete | SourceInSync
+@dataclass(frozen=True)
+class SourceStatus:
+    """The connection to the store was lost (``connected=False``) or is back."""
+
+    connected: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class SourceError:
+    """A malformed object was skipped; ``error`` names the object and field."""
+
+    error: ValidationError
+
+
+SourceEvent = Upsert | Delete | SourceInSync | SourceStatus | SourceError
