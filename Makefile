@@ -6,14 +6,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # Debian packages the project needs (tests run real namespaces and packets).
-APT_PACKAGES := python3-venv python3-dev iproute2 iputils-ping netcat-openbsd iptables nftables ipset conntrack iperf3 containernetworking-plugins tcpdump
+APT_PACKAGES := python3-venv python3-dev iproute2 iputils-ping netcat-openbsd iptables nftables ipset conntrack iperf3 containernetworking-plugins tcpdump etcd-server
 STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test proto perf clean
 
 setup: $(STAMP) proto
 
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml setup.py Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
