@@ -71,6 +71,8 @@ WANTED: tuple[str, ...] = (
     "af_xdp_create_v3", "dev_attach", "dev_create_port_if", "dev_remove_port_if",
     "dev_detach", "vxlan_add_del_tunnel_v3", "vxlan_tunnel_v2_dump",
     "sw_interface_set_vxlan_bypass",
+    # node routes over VXLAN: decap into ethernet-input, the shared VTEP MAC
+    "add_node_next", "sw_interface_add_del_mac_address",
 )
 
 HEADER_FIELDS = ("_vl_msg_id", "client_index", "context")

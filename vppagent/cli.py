@@ -51,6 +51,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_agent(load_config(args.config))
 
 
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from vppagent.sources.config import DatastoreConfig
+    from vppagent.sources.factory import create_block_store, create_source
+    from vppagent.syncserver.server import SyncServerConfig, run_sync_server
+
+    tls = None
+    if args.tcp:
+        if not (args.tls_cert and args.tls_key and args.tls_client_ca):
+            raise ValidationError("--tcp", "TCP needs mutual TLS: give --tls-cert, --tls-key and --tls-client-ca")
+        from vppagent.api.server import TLSConfig
+
+        tls = TLSConfig(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
+    ds = DatastoreConfig(type=args.datastore, path=args.path, poll_interval=args.poll_interval,
+                         kubeconfig=args.kubeconfig, endpoints=tuple(args.etcd_endpoints or ("http://127.0.0.1:2379",)))
+    config = SyncServerConfig(socket=args.socket or None, tcp=args.tcp, tls=tls, health_host=args.health_host,
+                              health_port=args.health_port, max_queue=args.max_queue,
+                              default_pools=tuple(args.default_pool or ("10.65.0.0/16",)), log_level=args.log_level)
+    return run_sync_server(config, create_source(ds), create_block_store(ds, args.state_dir))
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from vppagent.agent.status import print_status
 
@@ -124,6 +144,31 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the node agent (datastore -> calculation -> dataplane)")
     run.add_argument("--config", metavar="FILE", help="agent config YAML (default: file datastore on examples/, dataplane none)")
     run.set_defaults(func=_cmd_run)
+
+    sy = sub.add_parser(
+        "sync", help="run the shared sync layer: one calculation, each node agent gets its share",
+        description="Read the datastore once, calculate for every node and serve node agents "
+                    "(datastore: {type: sync}) over the gRPC Sync stream; also serves IPAM to them.")
+    sy.add_argument("--datastore", choices=("file", "kubernetes", "etcd"), default="file")
+    sy.add_argument("--path", default="examples", metavar="DIR", help="manifest directory (file datastore)")
+    sy.add_argument("--poll-interval", type=float, default=1.0, metavar="S", help="file datastore re-read interval")
+    sy.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig (kubernetes datastore; default in-cluster)")
+    sy.add_argument("--etcd-endpoints", nargs="+", metavar="URL", help="etcd client URLs (etcd datastore)")
+    sy.add_argument("--state-dir", default="/var/lib/vppagent-sync", metavar="DIR",
+                    help="IPAM blocks for the file datastore (kubernetes and etcd keep them in the datastore)")
+    sy.add_argument("--socket", default="/run/vppagent/sync.sock", metavar="PATH", help="unix socket ('' for none)")
+    sy.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP (mutual TLS required)")
+    sy.add_argument("--tls-cert", metavar="FILE")
+    sy.add_argument("--tls-key", metavar="FILE")
+    sy.add_argument("--tls-client-ca", metavar="FILE")
+    sy.add_argument("--health-host", default="127.0.0.1")
+    sy.add_argument("--health-port", type=int, default=9098, help="/readiness /liveness /status /metrics (0: any)")
+    sy.add_argument("--default-pool", action="append", metavar="CIDR",
+                    help="IPAM pool while the datastore has no IPPool (repeatable; default 10.65.0.0/16)")
+    sy.add_argument("--max-queue", type=int, default=10_000,
+                    help="updates a node's stream may fall behind before it is snapshotted again")
+    sy.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    sy.set_defaults(func=_cmd_sync)
 
     ev = sub.add_parser("eval", help="evaluate a packet against manifests with the reference evaluator",
                         description="Print the verdict of the source's egress and the destination's "

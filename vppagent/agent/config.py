@@ -2,7 +2,7 @@
 
 ```yaml
 nodeName: node1
-datastore: {type: file, path: examples/}
+datastore: {type: file, path: examples/}   # or kubernetes, etcd, sync: see vppagent.sources.config
 dataplane: {type: none}
 grpc: {socket: /run/vppagent/agent.sock}
 health: {port: 9099}
@@ -23,11 +23,11 @@ import yaml
 
 from vppagent.manifests.fields import Fields, parse_network
 from vppagent.model.errors import ValidationError
+from vppagent.sources.config import DATASTORE_TYPES, DatastoreConfig, parse_datastore
 
 DEFAULT_SOCKET = "/run/vppagent/agent.sock"
 DEFAULT_STATE_DIR = "/var/lib/vppagent"
 DEFAULT_POOLS = ("10.65.0.0/16",)
-DATASTORE_TYPES = ("file",)
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class AgentConfig:
     state_dir: str = DEFAULT_STATE_DIR
     cni_mtu: int = 1500
     ipam_default_pools: tuple[str, ...] = DEFAULT_POOLS
+    datastore: DatastoreConfig = field(default_factory=DatastoreConfig)
 
 
 def parse_config(data: Any, source: str = "config") -> AgentConfig:
@@ -63,13 +64,7 @@ def parse_config(data: Any, source: str = "config") -> AgentConfig:
         top = Fields(data, "", strict=True)
         defaults = AgentConfig()
         node = top.str("nodeName") or defaults.node_name
-        ds = top.sub("datastore", strict=True)
-        ds_type = ds.str("type") or "file"
-        if ds_type not in DATASTORE_TYPES:
-            raise ValidationError(ds.at("type"), f"unknown datastore type {ds_type!r} (known: {', '.join(DATASTORE_TYPES)})")
-        ds_path = ds.str("path") or defaults.datastore_path
-        poll = ds.number("pollInterval")
-        ds.check_unknown()
+        datastore = parse_datastore(top.sub("datastore", strict=True))
         dp = top.raw("dataplane", {"type": "none"})
         if not isinstance(dp, dict) or not isinstance(dp.get("type", "none"), str):
             raise ValidationError("dataplane", "expected a mapping with a string 'type'")
@@ -112,9 +107,10 @@ def parse_config(data: Any, source: str = "config") -> AgentConfig:
         raise exc.with_source(source) from None
     return AgentConfig(
         node_name=node,
-        datastore_type=ds_type,
-        datastore_path=ds_path,
-        poll_interval=poll if poll is not None else defaults.poll_interval,
+        datastore_type=datastore.type,
+        datastore_path=datastore.path,
+        poll_interval=datastore.poll_interval,
+        datastore=datastore,
         dataplane=dp,
         grpc_socket=sock,
         grpc_tcp=tcp,

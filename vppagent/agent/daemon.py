@@ -33,12 +33,15 @@ from vppagent.api.sync_hub import StatusEventBus, SyncHub
 from vppagent.calc.graph import CalcGraph
 from vppagent.dataplane import create_dataplane
 from vppagent.dataplane.base import Dataplane, WiringError
-from vppagent.ipam import IPAM, FileBlockStore, IPAMError, default_pools
+from vppagent.ipam import IPAM, IPAMError, default_pools
 from vppagent.manifests.k8s import workload_interface_name
 from vppagent.model.resources import IPPool, NamedPort
 from vppagent.model.errors import ValidationError
 from vppagent.model.updates import InSync, Update
-from vppagent.sources.events import Delete, SourceEvent, SourceInSync, Upsert
+from vppagent.agent.sync_client import SyncClient, SyncItem
+from vppagent.model.state import DataplaneState, diff_states
+from vppagent.sources.events import Delete, SourceError, SourceEvent, SourceInSync, SourceStatus, Upsert
+from vppagent.sources.factory import create_block_store, create_source
 from vppagent.sources.file import FileSource
 
 log = logging.getLogger(__name__)
@@ -60,9 +63,20 @@ class Agent:
             except (ValueError, TypeError) as exc:
                 raise ValidationError("dataplane", str(exc).removeprefix("dataplane: ")) from None
         self.dataplane = dataplane
-        self.source = FileSource(Path(config.datastore_path))
+        self.sync_client: SyncClient | None = None
+        self.source: Any = None
+        self.ipam: Any
+        if config.datastore_type == "sync":
+            from vppagent.ipam.remote import RemoteIPAM
+
+            ds = config.datastore
+            self.sync_client = SyncClient(ds.address, config.node_name, ds.tls)
+            self.ipam = RemoteIPAM(self.sync_client.channel, config.node_name)
+        else:
+            self.source = create_source(config.datastore, config.datastore_path, config.poll_interval)
+            self.ipam = IPAM(create_block_store(config.datastore, config.state_dir), config.node_name)
+        self.datastore_connected = True
         self.workloads = WorkloadRegistry(config.node_name, config.state_dir)
-        self.ipam = IPAM(FileBlockStore(config.state_dir), config.node_name)
         self._apply_to_graph(self.workloads.startup_events())
         self._work: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future]] = queue.Queue()
         self._stop = threading.Event()
@@ -119,6 +133,14 @@ class Agent:
         for kind, n in self.hub.counts().items():
             self.metrics.objects.labels(kind).set(n)
 
+    def _datastore_status(self, ev: SourceStatus) -> None:
+        if ev.connected != self.datastore_connected:
+            self.events.publish("datastore", "connected" if ev.connected else "disconnected", ev.detail)
+            if not ev.connected:
+                self.metrics.errors.labels("datastore").inc()
+                log.warning("datastore unreachable (%s): keeping the dataplane as it is", ev.detail)
+        self.datastore_connected = ev.connected
+
     def process_source_events(self, events: list[SourceEvent]) -> None:
         started = time.monotonic()
         in_sync = False
@@ -130,18 +152,50 @@ class Agent:
                 self.graph.delete(ev.kind, ev.key)
             elif isinstance(ev, SourceInSync):
                 in_sync = True
+            elif isinstance(ev, SourceStatus):
+                self._datastore_status(ev)
+            elif isinstance(ev, SourceError):
+                self.metrics.errors.labels("datastore").inc()
+                log.error("datastore object rejected: %s", ev.error)
         updates = self.graph.flush()
         if in_sync and not self.datastore_in_sync:
             self.datastore_in_sync = True
-            self.events.publish("datastore", "in-sync", f"{len(self.source.resources)} resources")
+            self.events.publish("datastore", "in-sync", self.source.name)
         if self.datastore_in_sync and not self._in_sync_sent:
             updates.append(InSync())
             self._in_sync_sent = True
         self._publish(updates, started)
 
-    def poll_once(self) -> None:
+    def process_sync_items(self, items: list[SyncItem]) -> None:
+        """Apply what the sync layer sent: live updates as they are, snapshots as a diff."""
+        started = time.monotonic()
+        pending: list[Update] = []
+        for item in items:
+            if isinstance(item, SourceStatus):
+                self._datastore_status(SourceStatus(
+                    self.sync_client is not None and self.sync_client.ready, item.detail))
+            elif isinstance(item, DataplaneState):
+                self._publish(pending)
+                pending = []
+                with self.hub.locked_state() as current:
+                    diff = diff_states(current, item)
+                log.info("sync layer snapshot: %d updates differ from what the node holds", len(diff))
+                self._publish(diff, started)
+            else:
+                pending.extend(item)
+        self._publish(pending, started)
+        if self.hub.in_sync and not self.datastore_in_sync:
+            self.datastore_in_sync = True
+            self.events.publish("datastore", "in-sync", f"sync layer {self.config.datastore.address}")
+
+    def poll_once(self, timeout: float = 0.0) -> None:
         """One iteration of the loop's datastore work (tests call it directly)."""
-        events = self.source.poll()
+        if self.sync_client is not None:
+            items = self.sync_client.poll(timeout)
+            if items:
+                self.process_sync_items(items)
+            return
+        events = self.source.poll(timeout)
         if events:
             self.process_source_events(events)
         errors = [f"datastore: {e}" for e in self.source.errors]
@@ -158,6 +212,11 @@ class Agent:
             signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
             signal.signal(signal.SIGINT, lambda *_: self._stop.set())
         self.dataplane.start()
+        if self.sync_client is not None:
+            self.sync_client.start()
+        else:
+            self.source.start()
+        paced = self.sync_client is None and isinstance(self.source, FileSource)
         health = HealthServer(self.config.health_host, self.config.health_port, self.status, self.metrics)
         health.start()
         self.health = health
@@ -178,19 +237,24 @@ class Agent:
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
-                if now >= next_poll:
+                if not paced or now >= next_poll:
                     self.poll_once()
                     next_poll = now + self.config.poll_interval
                 if now >= next_periodic:
                     self.dataplane.run_periodic()
                     next_periodic = now + 1.0
-                self._drain_work(wait=min(0.1, max(0.0, next_poll - time.monotonic())))
+                wait = min(0.1, max(0.0, next_poll - time.monotonic())) if paced else 0.01
+                self._drain_work(wait=wait)
         finally:
             self.state = "stopping"
             self.events.publish("agent", "stopping", "")
             server.stop(1.0)
             health.stop()
             self.dataplane.stop()   # leaves the dataplane programmed: the next start reads it back
+            if self.sync_client is not None:
+                self.sync_client.close()
+            else:
+                self.source.close()
             self.hub.close()
         return 0
 
@@ -208,7 +272,8 @@ class Agent:
 
     def ready(self) -> bool:
         dp = self.dataplane.status()
-        return self.state == "running" and self.datastore_in_sync and dp.in_sync and dp.ready
+        connected = self.sync_client.ready if self.sync_client is not None else self.datastore_connected
+        return self.state == "running" and self.datastore_in_sync and connected and dp.in_sync and dp.ready
 
     def status(self) -> dict[str, Any]:
         dp = self.dataplane.status()
@@ -219,7 +284,9 @@ class Agent:
         return {
             "ready": self.ready(),
             "agent_state": self.state,
-            "datastore_sync_state": "in-sync" if self.datastore_in_sync else "wait-for-datastore",
+            "datastore_sync_state": ("in-sync" if self.datastore_in_sync else "wait-for-datastore")
+            if (self.sync_client.ready if self.sync_client is not None else self.datastore_connected)
+            else "disconnected",
             "dataplane_type": dp.name,
             "dataplane_in_sync": dp.in_sync,
             "counts": self.hub.counts(),
@@ -321,8 +388,9 @@ class Agent:
             if isinstance(exc, OSError):
                 raise CniError(f"cannot record container {cid} in {self.config.state_dir}: {exc}") from None
             raise
-        self._apply_to_graph(events)
-        self._publish(self.graph.flush())
+        if self.sync_client is None:    # in sync mode the sync layer publishes the endpoint
+            self._apply_to_graph(events)
+            self._publish(self.graph.flush())
         self.events.publish("cni", "added", f"{wl.namespace}/{wl.pod} {' '.join(map(str, ips))}")
         gateways = {4: wired.gateway_v4, 6: wired.gateway_v6}
         return CniAddOutcome(
@@ -347,8 +415,9 @@ class Agent:
             raise CniError(str(exc)) from None
         except (IPAMError, OSError) as exc:
             raise CniError(f"cannot release container {req.container_id}: {exc}") from None
-        self._apply_to_graph(events)
-        self._publish(self.graph.flush())
+        if self.sync_client is None:
+            self._apply_to_graph(events)
+            self._publish(self.graph.flush())
         self.events.publish("cni", "deleted", f"{record.namespace}/{record.pod}")
 
     def _cni_check(self, req: CniCheckRequest) -> list[str]:

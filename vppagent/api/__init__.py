@@ -37,6 +37,8 @@ class GenModules:
     cnibackend_pb2_grpc: ModuleType
     health_pb2: ModuleType
     health_pb2_grpc: ModuleType
+    ipam_pb2: ModuleType
+    ipam_pb2_grpc: ModuleType
 
 
 _MODULES = {
@@ -46,6 +48,8 @@ _MODULES = {
     "cnibackend_pb2_grpc": "vppagent.api.gen.cni.cnibackend_pb2_grpc",
     "health_pb2": "vppagent.api.gen.grpc.health.v1.health_pb2",
     "health_pb2_grpc": "vppagent.api.gen.grpc.health.v1.health_pb2_grpc",
+    "ipam_pb2": "vppagent.api.gen.vppagent.v1.ipam_pb2",
+    "ipam_pb2_grpc": "vppagent.api.gen.vppagent.v1.ipam_pb2_grpc",
 }
 
 _lock = threading.Lock()

@@ -22,7 +22,7 @@ import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import grpc
 
@@ -129,6 +129,15 @@ class DataplaneService(pb_grpc.DataplaneServicer):
         return pb.DumpReply(desired=updates_to_proto(desired), actual_json=actual or "")
 
     def Sync(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        name = request.client_name or context.peer()
+        subscribe_node = getattr(self.backend, "subscribe_node", None)
+        if subscribe_node is not None:      # the sync layer: each node gets its own stream
+            try:
+                sub = subscribe_node(request.node_name, name)
+            except ValidationError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            yield from self._stream(sub, context, name, request)
+            return
         hub = self.backend.hub
         if request.node_name:
             try:
@@ -139,8 +148,9 @@ class DataplaneService(pb_grpc.DataplaneServicer):
                 context.abort(
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"this agent serves node {node!r}, not {request.node_name!r}")
-        name = request.client_name or context.peer()
-        sub = hub.subscribe(name)
+        yield from self._stream(hub.subscribe(name), context, name, request)
+
+    def _stream(self, sub: Any, context: grpc.ServicerContext, name: str, request: Any) -> Iterator[Any]:
         context.add_callback(sub.close)
         log.info("sync stream opened by %s (node %r, last sequence %s)", name, request.node_name,
                  request.last_sequence if request.HasField("last_sequence") else "-")
@@ -308,6 +318,8 @@ def serve(
     max_message_bytes: int = 128 * 1024 * 1024,
     require_container_id: bool = True,
     poll_interval: float = _POLL,
+    cni: bool = True,
+    extra_services: Sequence[Callable[[grpc.Server], None]] = (),
 ) -> ServerHandle:
     """Start the gRPC server for ``backend``; returns once it accepts connections.
 
@@ -336,8 +348,11 @@ def serve(
     )
     health = HealthService(lambda: bool((backend.status() or {}).get("ready", False)), poll_interval)
     pb_grpc.add_DataplaneServicer_to_server(DataplaneService(backend, poll_interval), server)
-    cni_pb2_grpc.add_CniDataplaneServicer_to_server(
-        CniService(backend, require_container_id=require_container_id), server)
+    if cni:
+        cni_pb2_grpc.add_CniDataplaneServicer_to_server(
+            CniService(backend, require_container_id=require_container_id), server)
+    for add_service in extra_services:
+        add_service(server)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
 
     tcp_port = None

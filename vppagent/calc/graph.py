@@ -654,6 +654,11 @@ class CalcGraph:
 
     # ------------------------------------------------------------------ queries
 
+    @property
+    def ip_pools(self) -> list[IPPool]:
+        """The datastore's IP pools (IPAM picks from these)."""
+        return list(self._pools.values())
+
     def ipset_members(self, sid: str) -> frozenset[str]:
         return frozenset(self._ipset_members.get(sid, ()))
 

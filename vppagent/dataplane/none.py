@@ -17,7 +17,7 @@ from vppagent.model.state import DataplaneState
 from vppagent.model.updates import (
     HostEndpointInfo, HostEndpointRemove, HostEndpointUpdate, IPPoolRemove, IPPoolUpdate,
     IPSetDeltaUpdate, IPSetRemove, IPSetUpdate, PolicyID, PolicyRemove, PolicyUpdate, ProfileRemove,
-    ProfileUpdate, RenderedRule, ServiceRemove, ServiceUpdate, TierInfo, Update,
+    ProfileUpdate, RenderedRule, RouteRemove, RouteUpdate, ServiceRemove, ServiceUpdate, TierInfo, Update,
     WorkloadEndpointInfo, WorkloadEndpointRemove, WorkloadEndpointUpdate,
 )
 from vppagent.reconciler import Descriptor
@@ -25,7 +25,7 @@ from vppagent.reconciler import Descriptor
 
 @dataclass(frozen=True)
 class ModelKey:
-    """One model object as a reconciler key: ``kind`` is ipset, policy, profile, wep, hep, service, pool."""
+    """One model object as a reconciler key: ``kind`` is ipset, policy, profile, wep, hep, service, pool, route."""
 
     kind: str
     id: str
@@ -125,6 +125,10 @@ class NoneDataplane(ReconcilingDataplane):
                 r.set(ModelKey("pool", i), update)
             case IPPoolRemove(id=i):
                 r.delete(ModelKey("pool", i))
+            case RouteUpdate(id=i):
+                r.set(ModelKey("route", i), update)
+            case RouteRemove(id=i):
+                r.delete(ModelKey("route", i))
             case _:
                 pass   # ConfigUpdate, InSync: nothing to program
 

@@ -120,3 +120,46 @@ class DataplaneState:
             "pools": len(self.pools),
             "routes": len(self.routes),
         }
+
+
+def diff_states(old: DataplaneState, new: DataplaneState) -> list[Update]:
+    """Updates that turn ``old`` into ``new``, in Felix's order.
+
+    What a client does with a fresh snapshot after a reconnect: only the
+    difference reaches its dataplane, so a sync-layer restart never flushes
+    anything that did not change.
+    """
+    adds: list[Update] = []
+    if new.config != old.config:
+        adds.append(ConfigUpdate(tuple(sorted(new.config.items()))))
+    for sid, (t, members) in sorted(new.ipsets.items()):
+        before = old.ipsets.get(sid)
+        if before is None or before[0] != t:
+            adds.append(IPSetUpdate(sid, t, members))
+        elif before[1] != members:
+            adds.append(IPSetDeltaUpdate(sid, members - before[1], before[1] - members))
+    for pid, pol in sorted(new.policies.items(), key=lambda kv: (kv[0].tier, kv[0].name)):
+        if old.policies.get(pid) != pol:
+            adds.append(PolicyUpdate(pid, pol))
+    adds += [p for i, p in sorted(new.profiles.items()) if old.profiles.get(i) != p]
+    adds += [p for i, p in sorted(new.pools.items()) if old.pools.get(i) != p]
+    adds += [r for i, r in sorted(new.routes.items()) if old.routes.get(i) != r]
+    adds += [s for i, s in sorted(new.services.items()) if old.services.get(i) != s]
+    adds += [WorkloadEndpointUpdate(i, e) for i, e in sorted(new.workload_endpoints.items())
+             if old.workload_endpoints.get(i) != e]
+    adds += [HostEndpointUpdate(i, e) for i, e in sorted(new.host_endpoints.items())
+             if old.host_endpoints.get(i) != e]
+    removes: list[Update] = []
+    removes += [WorkloadEndpointRemove(i) for i in sorted(old.workload_endpoints.keys() - new.workload_endpoints.keys())]
+    removes += [HostEndpointRemove(i) for i in sorted(old.host_endpoints.keys() - new.host_endpoints.keys())]
+    removes += [ServiceRemove(i) for i in sorted(old.services.keys() - new.services.keys())]
+    removes += [RouteRemove(i) for i in sorted(old.routes.keys() - new.routes.keys())]
+    removes += [IPPoolRemove(i) for i in sorted(old.pools.keys() - new.pools.keys())]
+    removes += [ProfileRemove(i) for i in sorted(old.profiles.keys() - new.profiles.keys())]
+    removes += [PolicyRemove(i) for i in sorted(old.policies.keys() - new.policies.keys(),
+                                                key=lambda p: (p.tier, p.name))]
+    removes += [IPSetRemove(i) for i in sorted(old.ipsets.keys() - new.ipsets.keys())]
+    out = adds + removes
+    if new.in_sync and not old.in_sync:
+        out.append(InSync())
+    return out

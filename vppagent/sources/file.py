@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,12 +23,42 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class FileSource:
+    """Implements :class:`vppagent.sources.base.Source`; re-reads at most every ``interval`` seconds."""
+
     path: Path
+    interval: float = 1.0
+    name: str = "file"
     _fingerprint: tuple = ()
     _by_source: dict[str, list[Resource]] = field(default_factory=dict)
     _current: dict[tuple[str, str], Resource] = field(default_factory=dict)
     errors: list[ValidationError] = field(default_factory=list)
     synced: bool = False
+    _last_check: float = -1e9
+    _closed: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> None:
+        """Nothing to start: the files are read in ``poll``."""
+
+    def close(self) -> None:
+        self._closed.set()
+
+    @property
+    def ready(self) -> bool:
+        return self.synced
+
+    def poll(self, timeout: float = 0.0) -> list[SourceEvent]:
+        """Changes since the last read.
+
+        ``timeout`` 0 reads now; otherwise waits (up to ``timeout``) until the
+        next re-read is due, so a loop calling ``poll(t)`` re-reads every
+        ``interval`` seconds without spinning.
+        """
+        if timeout > 0:
+            wait = self._last_check + self.interval - time.monotonic()
+            if wait > 0 and (self._closed.wait(min(timeout, wait)) or wait > timeout):
+                return []
+        self._last_check = time.monotonic()
+        return self.read()
 
     def _stat(self) -> tuple:
         if not self.path.exists():
@@ -40,8 +72,8 @@ class FileSource:
             out.append((str(f), st.st_mtime_ns, st.st_size))
         return tuple(out)
 
-    def poll(self) -> list[SourceEvent]:
-        """Events for whatever changed since the last poll (all of it, the first time)."""
+    def read(self) -> list[SourceEvent]:
+        """Events for whatever changed since the last read (all of it, the first time)."""
         fingerprint = self._stat()
         if fingerprint == self._fingerprint and self.synced:
             return []

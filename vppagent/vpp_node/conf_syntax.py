@@ -5,7 +5,7 @@ start (or, inside some stanzas, silently ignores it).  This table was written
 from the option parsers of VPP 26.10 (vlib/unix/main.c, vlib/threads.c,
 vlib/buffer.c, vlib/stats/init.c, vpp/vnet/main.c, vpp/api/api.c,
 vlibmemory/socket_api.c, vlib/unix/plugin.c, plugins/dpdk/device/init.c,
-vnet/dev/config.c) so that templates, including a user's own, are checked
+vnet/dev/config.c, plugins/cnat/cnat_types.c) so that templates, including a user's own, are checked
 before VPP ever sees them.
 """
 
@@ -80,6 +80,13 @@ SECTIONS: Mapping[str, Mapping[str, Spec]] = {
         "blacklist": r"\S+", "no-vmbus": None, "log-level": r"\S+", "huge-dir": r"\S+",
         "file-prefix": r"\S+", "proc-type": r"\S+", "vdev": r"\S+", "block": r"\S+",
         "base-virtaddr": r"\S+", "no-shconf": None, "no-hpet": None, "no-huge": None,
+    },
+    "cnat": {
+        "session-max": _INT, "session-cleanup-timeout": r"\d+(\.\d+)?", "session-max-age": _INT,
+        "tcp-max-age": _INT, "session-max-port-retries": _INT, "session-max-per-vrf": _INT,
+        "session-log2-pool-size": _INT, "maglev-len": _INT, "scanner": "on|off",
+        "translation-db-buckets": _INT, "translation-db-memory": _SIZE, "client-db-buckets": _INT,
+        "client-db-memory": _SIZE, "snat-db-buckets": _INT, "snat-db-memory": _SIZE, "snat-if-map-len": _INT,
     },
     "devices": {
         "dev": Block({"driver": r"[a-z0-9_]+", "flags": r"\S+", "args": r"\S+",

@@ -22,6 +22,9 @@ vpp:
   heapSize: 1G
   statsSize: 32M
   pollSleepUsec: 100                # optional: idle main loop sleeps (low CPU on small nodes)
+  cnat:                             # the cnat plugin's stanza (written when cnat is loaded)
+    sessionMax: 262144              # session table size (VPP's default, 16M, needs GBs of heap)
+    sessionCleanupTimeout: 0.1      # seconds between scanner passes (expires stale UDP flows)
   netns: vppagent-vpp               # VPP runs here; af_packet/af_xdp/rdma uplinks are parked here
   plugins: [af_packet, tap, ...]    # plugins to load (all others disabled); default by driver
   uplink:
@@ -64,6 +67,15 @@ txRingSize`` (host interface) ``+ 512 * (1 + workers)``.  Pods add their own
 rings later (the dataplane's admission check).  Memory: each buffer takes
 about ``BUFFER_FOOTPRINT`` bytes; with 4k pages buffers, heap and stats must
 fit in MemAvailable, with hugepages in the free hugepages of that size.
+
+cnat (``cnat``): VPP sizes cnat's session hash from ``session-max`` on the
+main heap the first time a flow is translated; with its default (16M
+sessions, ~2.6G) a node with a normal heap aborts on its first Service
+packet.  ``sessionMax`` must therefore fit in half the heap
+(``CNAT_SESSION_BYTES`` each).  The scanner runs every
+``sessionCleanupTimeout`` seconds and looks at the table for at most 100 us
+per pass, so a small table and a short period are what make the sessions of
+a removed backend expire within seconds.
 """
 
 from __future__ import annotations
@@ -88,6 +100,8 @@ VF_ATTACH = ("none", "dev", "dpdk")
 BUFFER_FOOTPRINT = 2048 + 128 + 128 + 64   # data + vlib_buffer_t + pre-data + alignment
 FRAME_BUFFERS_PER_THREAD = 512
 SUN_PATH_MAX = 107
+CNAT_SESSION_MAX = 1 << 24                  # VPP's own limit (CNAT_MAX_SESSIONS)
+CNAT_SESSION_BYTES = 162                    # 2.4 buckets x 56-byte kv x 1.2 (cnat_session.c)
 # Plugins the agent itself uses (the dataplane's declared messages) plus ping.
 BASE_PLUGINS = ("af_packet", "tap", "memif", "acl", "cnat", "nat", "npol", "ping", "vxlan")
 DRIVER_PLUGINS = {"af_xdp": ("af_xdp",), "dpdk": ("dpdk",), "rdma": ("rdma",)}
@@ -166,6 +180,16 @@ class HostInterfaceConfig:
 
 
 @dataclass(frozen=True)
+class CnatConfig:
+    session_max: int = 1 << 18
+    session_cleanup_timeout: float = 0.1
+
+    @property
+    def session_bytes(self) -> int:
+        return self.session_max * CNAT_SESSION_BYTES
+
+
+@dataclass(frozen=True)
 class SuperviseConfig:
     restart_policy: str = "on-failure"
     max_restarts: int = 5
@@ -224,6 +248,7 @@ class NodeConfig:
     host_interface: HostInterfaceConfig = field(default_factory=HostInterfaceConfig)
     supervise: SuperviseConfig = field(default_factory=SuperviseConfig)
     sriov: SriovConfig | None = None
+    cnat: CnatConfig = field(default_factory=CnatConfig)
 
     @property
     def worker_count(self) -> int:
@@ -303,6 +328,7 @@ def parse_node_config(data: Any, *, host: HostFacts | None = None,
     hostif = _host_interface(top.sub("hostInterface"))
     supervise = _supervise(top.sub("supervise"), runtime_dir)
     sriov = _sriov(top.sub("sriov")) if top.has("sriov") else None
+    cnat = _cnat(top.sub("cnat"))
     plugins = _plugins(top, uplink.driver if uplink else None)
     top.check_unknown()
 
@@ -310,7 +336,7 @@ def parse_node_config(data: Any, *, host: HostFacts | None = None,
                      api_prefix=api_prefix, template=template, main_core=main_core, workers=workers,
                      buffers=buffers, page_size=page_size, heap_size=heap_size, stats_size=stats_size,
                      poll_sleep_usec=poll_sleep, netns=netns, plugins=plugins,
-                     host_interface=hostif, supervise=supervise, sriov=sriov, **paths)
+                     host_interface=hostif, supervise=supervise, sriov=sriov, cnat=cnat, **paths)
     _check_consistency(cfg)
     if check_host:
         check_against_host(cfg, host or HostFacts.probe(plugin_path))
@@ -470,6 +496,16 @@ def _supervise(f: Fields, runtime_dir: str) -> SuperviseConfig:
     return out
 
 
+def _cnat(f: Fields) -> CnatConfig:
+    session_max = f.int("sessionMax", CnatConfig.session_max, lo=1024, hi=CNAT_SESSION_MAX)
+    timeout = f.number("sessionCleanupTimeout")
+    if timeout is not None and not 0 < timeout <= 60:
+        raise ValidationError(f.at("sessionCleanupTimeout"), f"expected seconds in (0, 60], got {timeout}")
+    f.check_unknown()
+    return CnatConfig(session_max=session_max if session_max is not None else CnatConfig.session_max,
+                      session_cleanup_timeout=timeout if timeout is not None else CnatConfig.session_cleanup_timeout)
+
+
 def _sriov(f: Fields) -> SriovConfig:
     pf = f.str("pf", required=True)
     if not _IFNAME.match(pf):
@@ -546,6 +582,11 @@ def _check_consistency(cfg: NodeConfig) -> None:
             raise ValidationError("vpp.plugins", "af_packet interfaces need the af_packet plugin")
     if cfg.sriov and any(v.attach == "dpdk" for v in cfg.sriov.vfs) and "dpdk" not in cfg.plugins:
         raise ValidationError("vpp.sriov.vfs", "attach dpdk needs the dpdk plugin")
+    if "cnat" in cfg.plugins and cfg.cnat.session_bytes > cfg.heap_size // 2:
+        raise ValidationError(
+            "vpp.cnat.sessionMax", f"{cfg.cnat.session_max} cnat sessions need about "
+            f"{format_size(_round_up(cfg.cnat.session_bytes, 1 << 20))} of main heap; the heap is "
+            f"{format_size(cfg.heap_size)} (raise heapSize or lower sessionMax)")
     if cfg.buffers < cfg.buffers_needed:
         rings = (f"the uplink's rings ({u.rx_queues}x{u.rx_ring_size} rx + {u.tx_queues}x{u.tx_ring_size} tx), "
                  if u else "")

@@ -182,8 +182,13 @@ class Manager:
         if cfg.sriov:
             self.vfs = setup_vfs(cfg.sriov, self.sysfs, self.vf_netlink)
         if self.vpp_ns.exists():
-            raise ManagerError(f"network namespace {cfg.netns} already exists (another manager running?)")
-        create_netns(cfg.netns)
+            users = _processes_in(self.vpp_ns)
+            if users:
+                raise ManagerError(f"network namespace {cfg.netns} is in use by process(es) "
+                                   f"{', '.join(map(str, users))} (another manager's VPP?)")
+            log.info("reusing network namespace %s: it holds pod interfaces from before", cfg.netns)
+        else:
+            create_netns(cfg.netns)
         self._own_netns = True
         self.parked = park(self.node, self.vpp_ns, self.state, cfg, self.sysfs)
         self._save_state()
@@ -288,7 +293,13 @@ class Manager:
                 os.unlink(self.cfg.supervise.state_file)
 
     def _delete_netns(self) -> None:
-        delete_netns(self.cfg.netns)
+        """Delete VPP's netns unless pod interfaces live there: the af_packet pods' veths have
+        their host end in it, and deleting it would take every pod's interface down with
+        VPP (the agent re-attaches them to the next VPP instead)."""
+        if self.vpp_ns.exists() and _has_links(self.vpp_ns):
+            log.info("keeping network namespace %s: pod interfaces live there", self.cfg.netns)
+        else:
+            delete_netns(self.cfg.netns)
         self._own_netns = False
 
     def _apply_recorded(self, state: LinkState) -> None:
@@ -315,6 +326,24 @@ class Manager:
         self._own_netns = self.vpp_ns.exists()      # a previous run of ours created it
         self._restore(replace(state), parked)
         return True
+
+
+def _processes_in(ns: Netns) -> list[int]:
+    """Processes whose (main thread's) network namespace is ``ns``."""
+    try:
+        target = os.stat(ns.path)
+    except OSError:
+        return []
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                st = os.stat(f"/proc/{name}/ns/net")
+            except OSError:
+                continue
+            if (st.st_ino, st.st_dev) == (target.st_ino, target.st_dev):
+                out.append(int(name))
+    return out
 
 
 def _has_links(ns: Netns) -> bool:

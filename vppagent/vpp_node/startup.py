@@ -80,6 +80,16 @@ def _default_pci(interface: str) -> str:
     return Sysfs().pci_of_netdev(interface, field="vpp.uplink.pci")
 
 
+def _cnat_section(cfg: NodeConfig) -> str:
+    """The ``cnat { ... }`` stanza, only when the plugin is loaded (VPP refuses
+    a section nobody parses)."""
+    if "cnat" not in cfg.plugins:
+        return ""
+    timeout = f"{cfg.cnat.session_cleanup_timeout:g}"
+    return "\n".join(["cnat {", f"  session-max {cfg.cnat.session_max}",
+                      f"  session-cleanup-timeout {timeout}", "}"])
+
+
 def template_values(cfg: NodeConfig, *, pci_of: PciResolver | None = None,
                     vf_pcis: Mapping[int, str] | None = None, exec_script: bool = True) -> dict[str, str]:
     """Every placeholder's text.  ``pci_of`` finds the uplink's PCI address
@@ -106,7 +116,7 @@ def template_values(cfg: NodeConfig, *, pci_of: PciResolver | None = None,
         "cpu_lines": "\n".join(cpu), "plugin_lines": "\n".join(plugins), "uio_driver": UIO_DRIVER,
         "rx_queues": str(u.rx_queues if u else 1), "tx_queues": str(u.tx_queues if u else 1),
         "rx_ring_size": str(u.rx_ring_size if u else 1024), "tx_ring_size": str(u.tx_ring_size if u else 1024),
-        "dpdk_device_lines": "", "device_lines": "",
+        "dpdk_device_lines": "", "device_lines": "", "cnat_section": _cnat_section(cfg),
     }
     if u is not None and u.driver in ("dpdk", "dev"):
         pci = u.pci or (pci_of or _default_pci)(u.interface)

@@ -39,7 +39,7 @@ from vppagent.dataplane.vpp.policy import Rendered, render
 from vppagent.dataplane.vpp.store import StateStore
 from vppagent.model.state import DataplaneState
 from vppagent.model.updates import (
-    HostEndpointRemove, HostEndpointUpdate, IPSetDeltaUpdate, IPSetRemove, IPSetUpdate,
+    HostEndpointRemove, HostEndpointUpdate, IPPoolRemove, IPPoolUpdate, IPSetDeltaUpdate, IPSetRemove, IPSetUpdate,
     PolicyRemove, PolicyUpdate, ProfileRemove, ProfileUpdate, ServiceRemove, ServiceUpdate, Update,
     WorkloadEndpointRemove, WorkloadEndpointUpdate,
 )
@@ -87,6 +87,7 @@ class VppDataplane(ReconcilingDataplane):
         self._wep_iface: dict[str, str] = {}        # endpoint id -> its interface
         self._iface_wep: dict[str, str] = {}        # interface -> endpoint id
         self._node_addrs: list[Any] = []
+        self._snat: Any = None                      # the services' SnatConfig (None: no SNAT entry)
         self.reconciler = self._new_reconciler()
 
     @classmethod
@@ -202,8 +203,8 @@ class VppDataplane(ReconcilingDataplane):
 
     def _after_connect(self) -> None:
         self._read_node_addresses()
-        if self.state.services:
-            self._services_changed(self.state)
+        self._services_changed(self.state)
+        self.pods.restore_linux()
         self.pods.resync()
         self._sync_refs()
         self._render_dirty()
@@ -334,6 +335,7 @@ class VppDataplane(ReconcilingDataplane):
                     r.set(CnatFeatureKey(name), CnatFeatureValue(ref.sw_if_index))
                 self._dirty.add(name)
         self._refs = refs
+        self._cnat_roles()
 
     def _wep_for(self, ifname: str) -> Any:
         wid = self._iface_wep.get(ifname)
@@ -390,8 +392,8 @@ class VppDataplane(ReconcilingDataplane):
             case HostEndpointUpdate() | HostEndpointRemove():
                 self._dirty.update(n for n, r in self._refs.items() if r.kind == "host")
                 self._hosts_changed = True
-            case ServiceUpdate() | ServiceRemove():
-                self._services_changed(state)
+            case ServiceUpdate() | ServiceRemove() | IPPoolUpdate() | IPPoolRemove():
+                self._services_changed(state)        # pools: SNAT exclusions and natOutgoing roles
             case _:
                 pass
 
@@ -417,7 +419,51 @@ class VppDataplane(ReconcilingDataplane):
         if self._node_addrs:
             snat = _services.SnatConfig.for_node(self._node_addrs,
                                                  pool_cidrs=[p.pool.cidr for p in state.pools.values()])
-        self.set_group("services", _services.desired_service_state(frontends, self._node_addrs, snat=snat))
+        self._snat = snat
+        # The agent turns cnat's feature on for the uplink (npol sees external traffic only there),
+        # where VPP 26.10 cannot reject on node addresses: such ports are left to the node's
+        # Linux, which the node's punt redirect reaches (see services.py).
+        options = _services.ServiceOptions(node_address_rejects=not self.config.uplink_interface)
+        self.set_group("services", _services.desired_service_state(frontends, self._node_addrs, snat=snat,
+                                                                   options=options))
+        self._cnat_roles()
+
+    def _cnat_roles(self) -> None:
+        """Mark pod interfaces POD in cnat's K8S SNAT policy (INCLUDE_V4/V6 too when their
+        pool has natOutgoing).  Unmarked, every flow between two pods or from outside to a
+        pod would count as "outside to outside" and leave with the node's address once the
+        SNAT entry exists; marked, only hairpin flows (a pod reaching itself through a
+        Service) are source-NATed.  The cnat feature itself is the pod interface's own."""
+        if _services is None or not hasattr(_services, "CnatInterfaceKey"):
+            return
+        items: dict[Any, Any] = {}
+        if self._snat is not None:
+            for ifname, ref in self._refs.items():
+                spec = self.pods.specs.get(ifname)
+                if ref.kind == "pod" and spec is not None:
+                    items[_services.CnatInterfaceKey(ref.sw_if_index)] = _services.CnatInterface(
+                        pod=True, nat_outgoing=self._nat_outgoing(spec.ips), after=(IfaceRefKey(ifname),))
+        self.set_group("cnat-roles", items)
+
+    def _nat_outgoing(self, ips: Sequence[str]) -> frozenset[int]:
+        """IP versions of ``ips`` that lie in a natOutgoing pool."""
+        out = set()
+        for text in ips:
+            ip = ipaddress.ip_interface(text).ip
+            if any(p.pool.nat_outgoing and ip in p.pool.cidr for p in self.state.pools.values()):
+                out.add(ip.version)
+        return frozenset(out)
+
+    def _refresh_node_addresses(self) -> None:
+        """Read the uplink's addresses again while they are unknown: the agent may connect to
+        a VPP whose manager has not created or addressed the uplink yet."""
+        if not self.config.uplink_interface or self._node_addrs:
+            return
+        self._read_node_addresses()
+        if self._node_addrs:
+            log.info("node addresses from %s: %s", self.config.uplink_interface,
+                     ", ".join(map(str, self._node_addrs)))
+            self._services_changed(self.state)
 
     # ------------------------------------------------------------ Dataplane
 
@@ -453,8 +499,9 @@ class VppDataplane(ReconcilingDataplane):
         self._sync_refs()
         if prev != self._refs:
             self._render_dirty()
+        self._refresh_node_addresses()
         if self.state.in_sync:
-            self._note(self.reconciler.run_due_retries())
+            self._note(self.reconciler.run_due_retries())      # also commits what changed above
             due = self._next_refresh
             if due is not None and self._clock() >= due:
                 self.resync()
@@ -493,6 +540,12 @@ class VppDataplane(ReconcilingDataplane):
         out.update(engine=self.engine, vpp={"version": self.conn.version, "pid": self.conn.vpe_pid,
                                              "socket": self.config.socket},
                    pods=self.pods.reconciler.dump(), connection=dict(self.conn.stats))
+        # What this process wrote to VPP since it started (or since VPP last restarted): a
+        # restarted agent that adopts everything shows 0 (interface references are not writes).
+        done = [r.op for r in self.reconciler.history + self.pods.reconciler.history
+                if not isinstance(r.op.key, IfaceRefKey)]
+        out["writes"] = {"total": len(done), "last": [f"{op.kind.value} {op.key!r}" for op in done[-20:]]}
+        out["vpp_restarts"] = self._restarts
         return out
 
     def stop(self) -> None:

@@ -156,6 +156,25 @@ class PodNetwork:
         else:
             r.delete(LoopbackKey(""))
 
+    def restore_linux(self) -> list[str]:
+        """Re-create the veth of every af_packet pod whose host end is gone (VPP's netns was
+        deleted with VPP, say), so that the VPP interface can attach to it again.  Same name,
+        MAC and addresses as before: the pod sees its interface come back.  Returns the
+        interfaces re-created; a pod whose netns is gone is left to its CNI DEL."""
+        done = []
+        for spec in self.specs.values():
+            if spec.kind != "af_packet" or self.linux.host_end_exists(spec.ifname):
+                continue
+            try:
+                self.linux.create_veth(spec.ifname, spec.netns, spec.pod_ifname, spec.ips, spec.mtu, spec.pod_mac)
+            except WiringError as exc:
+                log.warning("cannot re-create the veth of %s: %s", spec.ifname, exc)
+                continue
+            done.append(spec.ifname)
+        if done:
+            log.warning("re-created the veth of %s (its host end had disappeared)", ", ".join(done))
+        return done
+
     def commit(self) -> None:
         self.reconciler.commit()
 

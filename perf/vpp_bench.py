@@ -1,0 +1,957 @@
+#!/usr/bin/env python3
+"""VPP control-plane benchmark: how fast the agent programs VPP, and how fast it talks to it.
+
+Against a real VPP when ``$VPP_BIN`` is set (plugins from ``$VPP_PLUGIN_PATH``),
+otherwise against the fake VPP (``vppagent/vpp/fake.py``), which has no
+dataplane and no socket: its numbers measure only the agent's own Python and
+every table says FAKE. Per policy engine (``npol``, which is npol plus the ACL
+plugin for ICMP, and the ``acl`` fallback) one fresh VPP runs in a network
+namespace of its own, and the VPP dataplane (``podInterface: af_packet``) runs
+in this process:
+
+* pods/s: N pods wired one at a time as CNI ADDs arrive (veth, af_packet
+  host-interface, per-pod VRFs, loopback + unnumbered, /32 route and static
+  neighbour), each followed by its WorkloadEndpoint update (the namespace
+  profile rendered onto the interface); the time is split into the Linux side
+  (pyroute2), VPP API exchanges, state-store writes and the rest (reconciler,
+  rendering); pod netns are created beforehand, as a container runtime does;
+* policies/s: P policies (linux_control_bench's mix of Kubernetes, Calico
+  and tiered global policies, with selectors that become IP sets) applied to
+  those pods in one update batch: calculation and dataplane separately;
+* services/s: S ClusterIP services with E backends each, as cnat
+  translations (plus their guard routes);
+* removals: services, policies, then every pod (CNI DEL);
+* messages/s: ``control_ping`` through the agent's ``VppConnection``,
+  synchronous (``call``) and pipelined (``pipeline``), beside a raw vpp_papi
+  loop (``VPPApiClient`` synchronous) and vpp_papi's asyncio client (all
+  requests in flight at once) in the same run, with ratios to the raw loop.
+
+    sudo VPP_BIN=... VPP_PLUGIN_PATH=... .venv/bin/python perf/vpp_bench.py
+        [--pods 100] [--policies 200] [--services 1000] [--endpoints 3]
+        [--engines npol,acl] [--messages 20000] [--sync-messages 3000] [--repeats 3]
+        [--quick] [--fake] [--out perf/out] [--tag NAME] [--no-plot]
+
+Writes perf/out/vpp_control[-TAG].json and .png. A real VPP needs root
+(namespaces). Every VPP, netns and veth this run makes is removed at the end,
+also after a failure, Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "perf"))
+
+import plot  # noqa: E402
+from linux_control_bench import namespaces, percentile, policy, pool, service_namespaces, services, tiers  # noqa: E402
+
+NODE = "node1"
+ENGINES = ("npol", "acl")
+PLUGINS = ("af_packet", "tap", "memif", "acl", "cnat", "npol", "ping")
+# Everything this run creates is named vpb<TOKEN>…, so parallel runs (and other people's VPPs) never collide.
+TOKEN = f"{os.getpid() % 100000:x}{secrets.token_hex(2)}"
+FAKE_LABEL = "FAKE VPP (vppagent/vpp/fake.py: no real VPP, no socket; measures the agent's Python only)"
+
+
+def vpp_bin() -> str:
+    return os.environ.get("VPP_BIN", "")
+
+
+def vpp_plugin_path() -> str:
+    return os.environ.get("VPP_PLUGIN_PATH", "")
+
+
+# ---------------------------------------------------------------- cleanup registry
+
+class _Registry:
+    """What this process created (VPP process groups, netns, dirs), removed at exit even when a
+    ``finally`` never ran (a second Ctrl-C during cleanup, an exception in a constructor)."""
+
+    def __init__(self) -> None:
+        self.pgids: set[int] = set()
+        self.netns: set[str] = set()
+        self.dirs: set[str] = set()
+        atexit.register(self.sweep)
+
+    def sweep(self) -> None:
+        for pgid in list(self.pgids):
+            kill_group(pgid)
+        netns_del(*sorted(self.netns))
+        for d in list(self.dirs):
+            shutil.rmtree(d, ignore_errors=True)
+        self.dirs.clear()
+
+
+REGISTRY = _Registry()
+
+
+def kill_group(pgid: int, timeout: float = 10.0) -> None:
+    """SIGTERM a process group we started, SIGKILL it if it lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                break
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(-pgid, os.WNOHANG)
+            time.sleep(0.05)
+        else:
+            continue
+        break
+    REGISTRY.pgids.discard(pgid)
+
+
+def run(argv: list[str], stdin: str | None = None, timeout: float = 120, check: bool = True) -> str:
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:6])}: exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[:500]}")
+    return proc.stdout
+
+
+def netns_add(*names: str) -> None:
+    """Create namespaces (one ``ip -batch``), loopback up; registered for removal first."""
+    if not names:
+        return
+    REGISTRY.netns.update(names)
+    run(["ip", "-batch", "-"], "".join(f"netns add {n}\n" for n in names))
+    for n in names:
+        run(["ip", "-n", n, "link", "set", "lo", "up"])
+
+
+def netns_del(*names: str) -> None:
+    """Delete namespaces (and with them every veth that has an end inside)."""
+    names = tuple(n for n in names if os.path.exists(f"/run/netns/{n}"))
+    if names:
+        subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {n}\n" for n in names),
+                       capture_output=True, text=True, timeout=120)
+    REGISTRY.netns.difference_update(names)
+
+
+def host_info() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+            "loadavg_start": os.getloadavg()}
+
+
+def load_note(host: dict[str, Any]) -> str:
+    return (f"{host['cpus']} CPUs shared with other work; load average {host['loadavg_start'][0]:.2f} at start, "
+            f"{host.get('loadavg_end', os.getloadavg())[0]:.2f} at end")
+
+
+# ---------------------------------------------------------------- a real VPP
+
+class VppProcess:
+    """``$VPP_BIN`` in a netns of its own with a private runtime dir and api-segment prefix.
+
+    The startup.conf is written here (4k pages, no hugepages) rather than taken
+    from the project's templates so the benchmark pins exactly what it measures:
+    ``buffers`` sized for the pods (af_packet holds 256 per pod), a small cnat
+    session table, ``poll_sleep_usec`` (None: poll flat out, for throughput).
+    """
+
+    def __init__(self, tag: str, *, buffers: int = 16384, poll_sleep_usec: int | None = 100,
+                 main_core: int | None = None, heap: str = "1G") -> None:
+        self.tag = tag
+        self.buffers = buffers
+        self.netns = f"vpb{TOKEN}{tag}"
+        self.dir = Path(tempfile.mkdtemp(prefix=f"vpb{TOKEN}{tag}-"))
+        REGISTRY.dirs.add(str(self.dir))
+        self.socket = str(self.dir / "api.sock")
+        self.cli_socket = str(self.dir / "cli.sock")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.version = ""
+        sleep = f"  poll-sleep-usec {poll_sleep_usec}\n" if poll_sleep_usec else ""
+        cpu = f"cpu {{ main-core {main_core} }}\n" if main_core is not None else ""
+        path = f"  path {vpp_plugin_path()}\n" if vpp_plugin_path() else ""
+        (self.dir / "startup.conf").write_text(
+            f"unix {{\n  nodaemon\n  nosyslog\n  runtime-dir {self.dir}\n  cli-listen {self.cli_socket}\n"
+            f"  log {self.dir}/vpp.log\n{sleep}}}\n"
+            f"api-segment {{ prefix vpb{TOKEN}{tag} }}\n"
+            f"socksvr {{ socket-name {self.socket} }}\n"
+            f"statseg {{ socket-name {self.dir}/stats.sock size 32m page-size 4k }}\n"
+            f"memory {{ main-heap-size {heap} main-heap-page-size 4k }}\n"
+            f"buffers {{ buffers-per-numa {buffers} page-size 4k }}\n"
+            f"{cpu}"
+            "cnat { session-max 65536 }\n"
+            f"plugins {{\n{path}  plugin default {{ disable }}\n"
+            + "".join(f"  plugin {p}_plugin.so {{ enable }}\n" for p in PLUGINS) + "}\n")
+
+    def start(self, timeout: float = 60.0) -> None:
+        from vppagent.vpp.connection import VppConnection
+        netns_add(self.netns)
+        with open(self.dir / "vpp.out", "ab") as out:
+            self.proc = subprocess.Popen(["ip", "netns", "exec", self.netns, vpp_bin(), "-c", str(self.dir / "startup.conf")],
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        REGISTRY.pgids.add(self.proc.pid)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"VPP exited ({self.proc.returncode}): {self.log()[-2000:]}")
+            if os.path.exists(self.socket):
+                conn = VppConnection(self.socket, f"vpb-probe-{TOKEN}", timeout=5.0)
+                try:
+                    conn.connect()
+                    self.version = conn.version
+                    conn.disconnect()
+                    return
+                except Exception:
+                    pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"VPP did not answer on {self.socket} within {timeout}s: {self.log()[-2000:]}")
+            time.sleep(0.1)
+
+    def log(self) -> str:
+        text = ""
+        for name in ("vpp.out", "vpp.log"):
+            with contextlib.suppress(OSError):
+                text += (self.dir / name).read_text(errors="replace")
+        return text
+
+    def cli(self, command: str) -> str:
+        vppctl = str(Path(vpp_bin()).with_name("vppctl"))
+        return run([vppctl, "-s", self.cli_socket, *command.split()], timeout=30)
+
+    def close(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            kill_group(proc.pid)
+            with contextlib.suppress(Exception):
+                proc.wait(timeout=5)
+        netns_del(self.netns)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        REGISTRY.dirs.discard(str(self.dir))
+
+
+# ---------------------------------------------------------------- targets: real or fake
+
+class NullLinux:
+    """``PodLinux`` for the fake VPP: there is no dataplane, so no veth is made."""
+
+    def __init__(self) -> None:
+        self.veths: set[str] = set()
+
+    def create_veth(self, host: str, netns: str, pod_ifname: str, ips: tuple[str, ...], mtu: int, pod_mac: str) -> None:
+        self.veths.add(host)
+
+    def delete_veth(self, host: str) -> None:
+        self.veths.discard(host)
+
+    def host_end_exists(self, host: str) -> bool:
+        return host in self.veths
+
+    def configure_l3(self, netns: str, pod_ifname: str, ips: tuple[str, ...], mtu: int) -> None:
+        pass
+
+    def delete_pod_link(self, netns: str, pod_ifname: str) -> None:
+        pass
+
+    def check(self, netns: str, pod_ifname: str, ips: tuple[str, ...], mtu: int) -> list[str]:
+        return []
+
+
+class Target:
+    """One VPP to program: a real process (``VppProcess``) or the fake, behind one interface."""
+
+    def __init__(self, tag: str, fake: bool, *, buffers: int = 16384, poll_sleep_usec: int | None = 100,
+                 main_core: int | None = None) -> None:
+        self.fake = fake
+        self.buffers = buffers
+        self.tag = tag
+        self.state_dir = Path(tempfile.mkdtemp(prefix=f"vpb{TOKEN}{tag}-state-"))
+        REGISTRY.dirs.add(str(self.state_dir))
+        self.vpp: VppProcess | None = None
+        self.fake_vpp: Any = None
+        self.pod_netns: list[str] = []
+        try:
+            if fake:
+                from vppagent.vpp.fake import FakeVpp
+                self.fake_vpp = FakeVpp()
+                self.socket = f"/nonexistent/fake-{TOKEN}-{tag}.sock"
+                self.version = self.fake_vpp.version
+            else:
+                self.vpp = VppProcess(tag, buffers=buffers, poll_sleep_usec=poll_sleep_usec, main_core=main_core)
+                self.vpp.start()
+                self.socket = self.vpp.socket
+                self.version = self.vpp.version
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def label(self) -> str:
+        return FAKE_LABEL if self.fake else f"VPP {self.version}"
+
+    @property
+    def client_factory(self) -> Callable[..., Any] | None:
+        return self.fake_vpp.client_factory if self.fake else None
+
+    @property
+    def vpp_netns(self) -> str | None:
+        return self.vpp.netns if self.vpp else None
+
+    def linux(self) -> Any:
+        if self.fake:
+            return NullLinux()
+        from vppagent.dataplane.vpp.podlinux import PodLinux
+        return PodLinux(self.vpp_netns)
+
+    def make_pod_netns(self, count: int) -> list[str]:
+        """Pod namespaces, as a container runtime makes them before CNI ADD (not timed)."""
+        names = [f"vpb{TOKEN}{self.tag}p{i}" for i in range(len(self.pod_netns), len(self.pod_netns) + count)]
+        if not self.fake:
+            for k in range(0, len(names), 100):
+                netns_add(*names[k:k + 100])
+        self.pod_netns += names
+        return names
+
+    def dataplane(self, engine: str, **extra: Any) -> Any:
+        from vppagent.dataplane.vpp import VppConfig, VppDataplane
+        from vppagent.dataplane.vpp.config import BufferAdmission
+        cfg = VppConfig(socket=self.socket, pod_interface="af_packet", policy=engine, vpp_netns=self.vpp_netns,
+                        state_dir=str(self.state_dir / engine), refresh_interval=None, node_name=NODE,
+                        client_name=f"vpb-{TOKEN}-{engine}", timeout=30.0,
+                        buffer_admission=BufferAdmission(buffers=self.buffers), **extra)
+        return VppDataplane(cfg, client_factory=self.client_factory, linux=self.linux())
+
+    def connection(self, name: str, **kw: Any) -> Any:
+        from vppagent.vpp.connection import VppConnection
+        return VppConnection(self.socket, f"vpb-{TOKEN}-{name}", self.client_factory, timeout=30.0, **kw)
+
+    def close(self) -> None:
+        try:
+            if self.fake_vpp is not None:
+                self.fake_vpp.close()
+            if self.vpp is not None:
+                self.vpp.close()
+        finally:
+            for k in range(0, len(self.pod_netns), 200):
+                netns_del(*self.pod_netns[k:k + 200])
+            self.pod_netns = []
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+            REGISTRY.dirs.discard(str(self.state_dir))
+
+
+def buffers_for(pods: int) -> int:
+    """VPP buffers for ``pods`` af_packet pods (256 each) plus the agent's 2,048 reserve, rounded up."""
+    from vppagent.dataplane.vpp.buffers import AF_PACKET_RX_BATCH
+    need = pods * AF_PACKET_RX_BATCH + 2048 + 4096
+    return max(16384, 1 << (need - 1).bit_length())
+
+
+# ---------------------------------------------------------------- where the time goes
+
+class TimeSplit:
+    """Wraps the dataplane's Linux, VPP-exchange and state-store entry points with timers, so a
+    phase's wall time splits into Linux (pyroute2), VPP API (packing, socket, VPP, decoding),
+    store (state files) and the rest (reconciler, rendering, calculation glue)."""
+
+    BUCKETS = ("linux", "vpp_api", "store")
+
+    def __init__(self, dp: Any) -> None:
+        self.dp = dp
+        self.acc = dict.fromkeys(self.BUCKETS, 0.0)
+        self._depth = 0
+        linux = dp.pods.linux
+        for name in ("create_veth", "delete_veth", "host_end_exists", "configure_l3", "delete_pod_link", "check"):
+            self._wrap(linux, name, "linux")
+        self.by_message: dict[str, list[float]] = {}        # name -> [seconds, count]
+        self._wrap(dp.conn, "_exchange", "vpp_api", self._attribute)
+        for store in {id(dp.store): dp.store, id(dp.pods.store): dp.pods.store}.values():
+            for name in ("save", "save_pod", "remove_pod"):
+                if hasattr(store, name):
+                    self._wrap(store, name, "store")
+
+    def _attribute(self, args: tuple[Any, ...], seconds: float) -> None:
+        """An exchange's time, shared equally by the messages it carried (pipelines mix them)."""
+        calls = args[0] if args else []
+        for msg_name, _ in calls:
+            slot = self.by_message.setdefault(msg_name, [0.0, 0])
+            slot[0] += seconds / len(calls)
+            slot[1] += 1
+
+    def _wrap(self, obj: Any, name: str, bucket: str,
+              attribute: Callable[[tuple[Any, ...], float], None] | None = None) -> None:
+        orig = getattr(obj, name)
+
+        def timed(*a: Any, **kw: Any) -> Any:
+            if self._depth:               # nested (a store save inside an exchange): count once
+                return orig(*a, **kw)
+            self._depth += 1
+            t0 = time.perf_counter()
+            try:
+                return orig(*a, **kw)
+            finally:
+                dt = time.perf_counter() - t0
+                self.acc[bucket] += dt
+                if attribute is not None:
+                    attribute(a, dt)
+                self._depth -= 1
+
+        setattr(obj, name, timed)
+
+    def snapshot(self) -> dict[str, float]:
+        stats = self.dp.conn.stats
+        return {**self.acc, "messages": stats["messages"], "round_trips": stats["round_trips"]}
+
+    @contextlib.contextmanager
+    def phase(self, out: dict[str, Any], calc_s: float = 0.0) -> Iterator[None]:
+        """Fill ``out`` with wall, bucket seconds, messages and round trips of the block."""
+        before = self.snapshot()
+        msgs_before = {k: list(v) for k, v in self.by_message.items()}
+        t0 = time.perf_counter()
+        yield
+        wall = time.perf_counter() - t0
+        after = self.snapshot()
+        d = {k: after[k] - before[k] for k in after}
+        by = {k: (v[0] - msgs_before.get(k, [0.0, 0])[0], v[1] - msgs_before.get(k, [0.0, 0])[1])
+              for k, v in self.by_message.items()}
+        out["by_message"] = {k: {"s": t, "n": c} for k, (t, c) in sorted(by.items(), key=lambda kv: -kv[1][0]) if c}
+        out.update(wall_s=wall, linux_s=d["linux"], vpp_api_s=d["vpp_api"], store_s=d["store"],
+                   other_s=max(0.0, wall - d["linux"] - d["vpp_api"] - d["store"]),
+                   messages=int(d["messages"]), round_trips=int(d["round_trips"]))
+
+
+# ---------------------------------------------------------------- one engine: pods, policies, services
+
+def pod_object(i: int, n_ns: int) -> dict:
+    """Pod i (10.65.x.y), app label out of 25, a named port: what the policies select on."""
+    from linux_control_bench import pod
+    return pod(i, n_ns)
+
+
+def pod_wiring(obj: dict, netns: str) -> Any:
+    from vppagent.dataplane.base import WorkloadWiring
+    from vppagent.manifests.k8s import workload_interface_name
+    md = obj["metadata"]
+    return WorkloadWiring(container_id=f"vpb{TOKEN}-{md['namespace']}-{md['name']}", netns=netns,
+                          interface_name="eth0", host_interface_name=workload_interface_name(md["namespace"], md["name"]),
+                          ips=tuple(ipaddress.ip_interface(f"{p['ip']}/32") for p in obj["status"]["podIPs"]),
+                          mtu=1500, namespace=md["namespace"], pod=md["name"])
+
+
+def check_report(dp: Any, what: str) -> None:
+    """A phase must leave nothing failed or pending: a benchmark of errors measures nothing."""
+    st = dp.status()
+    if st.failed or st.pending or not st.ready:
+        raise RuntimeError(f"{what}: dataplane not clean (ready={st.ready}, failed={st.failed}, "
+                           f"pending={st.pending}, last error: {st.last_error})")
+
+
+def rules_in(objs: list[dict]) -> int:
+    n = 0
+    for o in objs:
+        spec = o.get("spec", {})
+        n += len(spec.get("ingress", []) or []) + len(spec.get("egress", []) or [])
+    return n
+
+
+def run_engine(target: Target, engine: str, a: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    """Pods, policies and services through one dataplane with ``engine``; then remove them again."""
+    from vppagent.calc.graph import CalcGraph
+    from vppagent.manifests.loader import load_objects
+    from vppagent.model.updates import InSync
+
+    res: dict[str, Any] = {"engine": engine, "target": target.label}
+    dp = target.dataplane(engine)
+    split = TimeSplit(dp)
+    try:
+        t0 = time.perf_counter()
+        dp.start()
+        if not dp._connected:
+            raise RuntimeError(f"dataplane did not connect to {target.socket}: {dp.status().last_error}")
+        res["vpp_engine"] = dp.engine
+        graph = CalcGraph(NODE)
+        base = namespaces(a.namespaces) + service_namespaces(a.services, a.namespaces) + tiers() + [pool()]
+        graph.apply_all(load_objects(base, "base"))
+        dp.apply([*graph.flush(), InSync()])
+        res["start_s"] = time.perf_counter() - t0
+        check_report(dp, f"{engine}: start")
+
+        # ---- pods: CNI ADD, then the endpoint update, one pod at a time
+        objs = [pod_object(i, a.namespaces) for i in range(a.pods)]
+        netns = target.make_pod_netns(a.pods)
+        wirings = [pod_wiring(o, ns) for o, ns in zip(objs, netns)]
+        add_ms, wep_ms = [], []
+        pods: dict[str, Any] = {"count": a.pods}
+        with split.phase(pods):
+            for o, w in zip(objs, wirings):
+                t = time.perf_counter()
+                dp.wire_workload(w)
+                add_ms.append((time.perf_counter() - t) * 1e3)
+                t = time.perf_counter()
+                for r in load_objects([o], "pod"):
+                    graph.update(r)
+                dp.apply(graph.flush())
+                wep_ms.append((time.perf_counter() - t) * 1e3)
+        check_report(dp, f"{engine}: pods")
+        pods.update(per_s=a.pods / pods["wall_s"], add_p50_ms=statistics.median(add_ms),
+                    add_p90_ms=percentile(add_ms, 0.9), wep_p50_ms=statistics.median(wep_ms),
+                    first_add_ms=add_ms[0], last_add_ms=add_ms[-1],
+                    last10_add_ms=statistics.median(add_ms[-10:]), first10_add_ms=statistics.median(add_ms[:10]))
+        res["pods"] = pods
+        log(f"{engine}: {a.pods} pods in {pods['wall_s']:.2f} s ({pods['per_s']:.1f}/s; ADD p50 "
+            f"{pods['add_p50_ms']:.1f} ms, {pods['messages'] / a.pods:.1f} msgs and "
+            f"{pods['round_trips'] / a.pods:.1f} round trips per pod)")
+
+        # ---- policies: one batch
+        pol_objs = [policy(i, a.namespaces) for i in range(a.policies)]
+        t = time.perf_counter()
+        for r in load_objects(pol_objs, "policies"):
+            graph.update(r)
+        updates = graph.flush()
+        calc = time.perf_counter() - t
+        pol: dict[str, Any] = {"count": a.policies, "rules": rules_in(pol_objs), "updates": len(updates), "calc_s": calc}
+        with split.phase(pol):
+            dp.apply(updates)
+        check_report(dp, f"{engine}: policies")
+        pol["per_s"] = a.policies / pol["wall_s"]
+        pol["per_s_with_calc"] = a.policies / (pol["wall_s"] + calc)
+        res["policies"] = pol
+        log(f"{engine}: {a.policies} policies ({pol['rules']} rules, {len(updates)} updates) in "
+            f"{pol['wall_s']:.2f} s + calc {calc:.2f} s ({pol['per_s']:.1f}/s; {pol['messages']} msgs)")
+
+        # ---- services: one batch
+        svc_objs = [o for s in range(a.services) for o in services(s, a.endpoints)]
+        t = time.perf_counter()
+        for r in load_objects(svc_objs, "services"):
+            graph.update(r)
+        updates = graph.flush()
+        calc = time.perf_counter() - t
+        svc: dict[str, Any] = {"count": a.services, "endpoints": a.endpoints, "updates": len(updates), "calc_s": calc}
+        with split.phase(svc):
+            dp.apply(updates)
+        check_report(dp, f"{engine}: services")
+        svc["per_s"] = a.services / svc["wall_s"]
+        svc["per_s_with_calc"] = a.services / (svc["wall_s"] + calc)
+        res["services"] = svc
+        log(f"{engine}: {a.services} services x {a.endpoints} in {svc['wall_s']:.2f} s + calc {calc:.2f} s "
+            f"({svc['per_s']:.1f}/s; {svc['messages']} msgs)")
+
+        # ---- removals
+        res["removals"] = {}
+        for what, gone in (("services", svc_objs), ("policies", pol_objs)):
+            for r in load_objects(gone, what):
+                graph.remove(r)
+            updates = graph.flush()
+            out: dict[str, Any] = {"count": a.services if what == "services" else a.policies}
+            with split.phase(out):
+                dp.apply(updates)
+            check_report(dp, f"{engine}: removing {what}")
+            out["per_s"] = out["count"] / out["wall_s"] if out["wall_s"] else None
+            res["removals"][what] = out
+        dels: dict[str, Any] = {"count": a.pods}
+        with split.phase(dels):
+            for o, w in zip(objs, wirings):
+                for r in load_objects([o], "pod"):
+                    graph.remove(r)
+                dp.apply(graph.flush())
+                dp.unwire_workload(w)
+        check_report(dp, f"{engine}: pod DELs")
+        dels["per_s"] = a.pods / dels["wall_s"]
+        res["removals"]["pods"] = dels
+        log(f"{engine}: removed {a.services} services in {res['removals']['services']['wall_s']:.2f} s, "
+            f"{a.policies} policies in {res['removals']['policies']['wall_s']:.2f} s, "
+            f"{a.pods} pods in {dels['wall_s']:.2f} s")
+        res["connection"] = dict(dp.conn.stats)
+    finally:
+        dp.stop()
+    return res
+
+
+# ---------------------------------------------------------------- messages/s
+
+def _rate(n: int, fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        runs.append(n / (time.perf_counter() - t0))
+    return {"n": n, "per_s": statistics.median(runs), "runs": runs}
+
+
+def raw_papi_sync(target: Target, n: int, repeats: int) -> dict[str, Any]:
+    """vpp_papi's own synchronous call loop (``api.control_ping()``), no agent code."""
+    if target.fake:
+        client = target.fake_vpp.client_factory(server_address=target.socket, bootstrapapi=True)
+    else:
+        from vpp_papi import VPPApiClient
+        client = VPPApiClient(server_address=target.socket, bootstrapapi=True)
+    client.connect(f"vpb-{TOKEN}-raw")
+    try:
+        ping = client.api.control_ping
+        ping()
+
+        def loop() -> None:
+            for _ in range(n):
+                ping()
+        return _rate(n, loop, repeats)
+    finally:
+        client.disconnect()
+
+
+def raw_papi_async(target: Target, n: int, repeats: int) -> dict[str, Any] | None:
+    """vpp_papi's asyncio client with all ``n`` requests in flight (``asyncio.gather``)."""
+    if target.fake:
+        return None
+    from vpp_papi.vpp_papi_async import VPPApiClient as AsyncClient
+
+    async def main() -> dict[str, Any]:
+        client = AsyncClient(server_address=target.socket)
+        if await client.connect(f"vpb-{TOKEN}-async", asyncio.Queue()) != 0:
+            raise RuntimeError(f"vpp_papi async client cannot connect to {target.socket}")
+        try:
+            await client.api.control_ping()
+            runs = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                replies = await asyncio.gather(*[client.api.control_ping() for _ in range(n)])
+                runs.append(n / (time.perf_counter() - t0))
+                if len(replies) != n or any(r.retval for r in replies):
+                    raise RuntimeError("vpp_papi async: missing or failed replies")
+            return {"n": n, "per_s": statistics.median(runs), "runs": runs}
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), 10)
+            for task in (getattr(client, "socket_task", None), getattr(client, "queue_task", None)):
+                if task is not None and not task.done():
+                    task.cancel()
+
+    return asyncio.run(main())
+
+
+def raw_socket_pipelined(target: Target, n: int, repeats: int, window: int = 256) -> dict[str, Any] | None:
+    """The ceiling for a Python client using vpp_papi's codec: a socket of its own (no vpp_papi
+    reader thread), ``window`` requests per ``sendall``, replies read with large ``recv`` calls
+    and decoded with vpp_papi's message objects. Same packing, same window as the agent's
+    ``pipeline``; only the read path differs."""
+    if target.fake:
+        return None
+    import socket
+    import struct
+    from vpp_papi import VPPApiClient
+    frame = struct.Struct(">QII")
+    papi = VPPApiClient(server_address=target.socket, bootstrapapi=True)     # only for its message objects
+    papi.connect(f"vpb-{TOKEN}-defs")
+    msgs = papi.messages
+    papi.disconnect()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(30)
+    sock.connect(target.socket)
+    buf = bytearray()
+
+    def send(body: bytes) -> None:
+        sock.sendall(frame.pack(0, len(body), 0) + body)
+
+    def read_one() -> bytes:
+        while True:
+            if len(buf) >= 16:
+                length = frame.unpack_from(buf)[1]
+                if len(buf) >= 16 + length:
+                    body = bytes(buf[16:16 + length])
+                    del buf[:16 + length]
+                    return body
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                raise RuntimeError("VPP closed the API socket")
+            buf.extend(chunk)
+
+    try:
+        send(msgs["sockclnt_create"].pack({"_vl_msg_id": 15, "name": f"vpb-{TOKEN}-sock", "context": 124}))
+        created, _ = msgs["sockclnt_create_reply"].unpack(read_one())
+        table = {m.name: m.index for m in created.message_table}
+        ping, reply = msgs["control_ping"], msgs["control_ping_reply"]
+        ping_id = table[f"control_ping_{ping.crc[2:]}"]
+        body = ping.pack({"_vl_msg_id": ping_id, "client_index": created.index, "context": 7})
+        wire = frame.pack(0, len(body), 0) + body
+
+        def pipelined() -> None:
+            sent = got = 0
+            while got < n:
+                burst = min(window - (sent - got), n - sent)
+                if burst > 0:
+                    sock.sendall(wire * burst)
+                    sent += burst
+                low = (window // 2 if window > 1 else 0) if sent < n else 0
+                while sent - got > low:
+                    r, _ = reply.unpack(read_one())
+                    if r.retval:
+                        raise RuntimeError(f"control_ping retval {r.retval}")
+                    got += 1
+        return _rate(n, pipelined, repeats)
+    finally:
+        with contextlib.suppress(Exception):
+            delete = msgs["sockclnt_delete"]
+            send(delete.pack({"_vl_msg_id": table[f"sockclnt_delete_{delete.crc[2:]}"],  # type: ignore[possibly-undefined]
+                              "client_index": created.index, "context": 8, "index": created.index}))  # type: ignore[possibly-undefined]
+            read_one()
+        sock.close()
+
+
+def agent_messages(target: Target, n_sync: int, n_pipe: int, repeats: int) -> dict[str, Any]:
+    """The agent's ``VppConnection``: ``call`` in a loop and ``pipeline`` (window 256), plus the
+    pipelined rate of a message with real work in VPP (/32 routes added and deleted)."""
+    conn = target.connection("msgs")
+    conn.connect()
+    try:
+        out: dict[str, Any] = {}
+        out["agent_sync"] = _rate(n_sync, lambda: [conn.call("control_ping") for _ in range(n_sync)], repeats)
+        pings = [("control_ping", {})] * n_pipe
+        out["agent_pipelined"] = _rate(n_pipe, lambda: conn.pipeline(pings), repeats)
+
+        def routes(add: bool) -> list[tuple[str, dict[str, Any]]]:
+            base = ipaddress.ip_address("10.250.0.0")
+            return [("ip_route_add_del", {"is_add": add, "is_multipath": False, "route": {
+                "table_id": 0, "prefix": f"{base + i}/32",
+                "paths": [{"sw_if_index": 0xFFFFFFFF, "proto": 0, "type": 2}]}}) for i in range(n_pipe // 2)]
+        adds, dels = routes(True), routes(False)
+        out["agent_pipelined_routes"] = _rate(2 * len(adds), lambda: (conn.pipeline(adds), conn.pipeline(dels)), repeats)
+        out["agent_sync_routes"] = _rate(2 * min(len(adds), n_sync // 2), lambda: (
+            [conn.call(c[0], **c[1]) for c in adds[:n_sync // 2]], [conn.call(c[0], **c[1]) for c in dels[:n_sync // 2]]),
+            repeats)
+        return out
+    finally:
+        conn.disconnect()
+
+
+def run_messages(target: Target, a: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    res: dict[str, Any] = {"target": target.label}
+    res["raw_sync"] = raw_papi_sync(target, a.sync_messages, a.repeats)
+    log(f"raw vpp_papi sync: {res['raw_sync']['per_s']:,.0f} msgs/s")
+    res["raw_async"] = raw_papi_async(target, a.messages, a.repeats)
+    if res["raw_async"]:
+        log(f"raw vpp_papi asyncio: {res['raw_async']['per_s']:,.0f} msgs/s")
+    res["raw_socket_sync"] = raw_socket_pipelined(target, a.sync_messages, a.repeats, window=1)
+    res["raw_socket"] = raw_socket_pipelined(target, a.messages, a.repeats)
+    if res["raw_socket"] and res["raw_socket_sync"]:
+        log(f"raw socket: synchronous {res['raw_socket_sync']['per_s']:,.0f} msgs/s, "
+            f"pipelined {res['raw_socket']['per_s']:,.0f} msgs/s")
+    res.update(agent_messages(target, a.sync_messages, a.messages, a.repeats))
+    log(f"agent sync: {res['agent_sync']['per_s']:,.0f} msgs/s, pipelined: "
+        f"{res['agent_pipelined']['per_s']:,.0f} msgs/s")
+    return res
+
+
+# ---------------------------------------------------------------- output
+
+def md_table(heads: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(x) for x in col) for col in zip(heads, *rows)]
+    lines = [f"| {' | '.join(h.ljust(w) for h, w in zip(heads, widths))} |",
+             f"|{'|'.join('-' * (w + 2) for w in widths)}|"]
+    lines += [f"| {' | '.join(v.ljust(w) for v, w in zip(row, widths))} |" for row in rows]
+    return "\n".join(lines)
+
+
+def _ms(s: float, n: int) -> str:
+    return f"{s / n * 1e3:.2f}" if n else "-"
+
+
+def print_tables(res: dict[str, Any]) -> None:
+    engines = res["engines"]
+    print(f"\n## VPP control plane: {res['target']}\n")
+    heads = ["", *engines]
+    rows = []
+
+    def row(label: str, get: Callable[[dict[str, Any]], str]) -> None:
+        rows.append([label, *[get(engines[e]) for e in engines]])
+
+    row("policy engine in VPP", lambda r: r["vpp_engine"])
+    row("start + in-sync", lambda r: f"{r['start_s']:.2f} s")
+    p0 = next(iter(engines.values()))
+    row(f"pods/s (CNI ADD + endpoint, {p0['pods']['count']} pods)", lambda r: f"{r['pods']['per_s']:.1f}")
+    row("  ADD p50 / p90", lambda r: f"{r['pods']['add_p50_ms']:.1f} / {r['pods']['add_p90_ms']:.1f} ms")
+    row("  ADD p50 first 10 / last 10", lambda r: f"{r['pods']['first10_add_ms']:.1f} / {r['pods']['last10_add_ms']:.1f} ms")
+    row("  endpoint update p50", lambda r: f"{r['pods']['wep_p50_ms']:.1f} ms")
+    row("  VPP messages / round trips per pod",
+        lambda r: f"{r['pods']['messages'] / r['pods']['count']:.1f} / {r['pods']['round_trips'] / r['pods']['count']:.1f}")
+    pol = p0["policies"]
+    row(f"policies/s ({pol['count']} policies, {pol['rules']} rules)", lambda r: f"{r['policies']['per_s']:.1f}")
+    row("  dataplane / calculation", lambda r: f"{r['policies']['wall_s']:.2f} / {r['policies']['calc_s']:.2f} s")
+    row("  VPP messages / round trips", lambda r: f"{r['policies']['messages']:,} / {r['policies']['round_trips']:,}")
+    svc = p0["services"]
+    row(f"services/s ({svc['count']} ClusterIP x {svc['endpoints']} backends)", lambda r: f"{r['services']['per_s']:.1f}")
+    row("  dataplane / calculation", lambda r: f"{r['services']['wall_s']:.2f} / {r['services']['calc_s']:.2f} s")
+    row("  VPP messages / round trips", lambda r: f"{r['services']['messages']:,} / {r['services']['round_trips']:,}")
+    row("services removed/s", lambda r: f"{r['removals']['services']['per_s']:.1f}")
+    row("policies removed/s", lambda r: f"{r['removals']['policies']['per_s']:.1f}")
+    row("pods removed/s (endpoint gone + CNI DEL)", lambda r: f"{r['removals']['pods']['per_s']:.1f}")
+    print(md_table(heads, rows))
+
+    print("\nWhere the time goes (ms per object: Linux netlink / VPP API exchanges / state files / rest in Python):\n")
+    heads = ["phase", *engines]
+    rows = []
+    for phase, label in (("pods", "per pod ADD"), ("policies", "per policy"), ("services", "per service")):
+        rows.append([label, *[" / ".join(_ms(engines[e][phase][k], engines[e][phase]["count"])
+                                         for k in ("linux_s", "vpp_api_s", "store_s", "other_s")) for e in engines]])
+    rows.append(["per pod DEL", *[" / ".join(_ms(engines[e]["removals"]["pods"][k], engines[e]["removals"]["pods"]["count"])
+                                             for k in ("linux_s", "vpp_api_s", "store_s", "other_s")) for e in engines]])
+    print(md_table(heads, rows))
+
+    for e, r in engines.items():
+        p = r["pods"]
+        top = list(p["by_message"].items())[:8]
+        if not top:
+            continue
+        print(f"\nVPP API time per pod ADD by message ({e}; a pipeline's time is shared by its messages):\n")
+        print(md_table(["message", "ms per pod", "calls per pod", "ms per call"],
+                       [[k, f"{v['s'] / p['count'] * 1e3:.2f}", f"{v['n'] / p['count']:.1f}",
+                         f"{v['s'] / v['n'] * 1e3:.2f}"] for k, v in top]))
+
+    m = res.get("messages")
+    if m:
+        print(f"\n## Messages/s over the API socket: {m['target']}\n")
+        base = m["raw_sync"]["per_s"]
+        rows = []
+        for key, label in (("raw_sync", "raw vpp_papi, synchronous loop (baseline)"),
+                           ("raw_async", "raw vpp_papi asyncio client, all in flight"),
+                           ("raw_socket_sync", "raw socket + vpp_papi codec, synchronous, direct recv"),
+                           ("raw_socket", "raw socket + vpp_papi codec, window 256, direct recv"),
+                           ("agent_sync", "agent VppConnection.call, synchronous"),
+                           ("agent_pipelined", "agent VppConnection.pipeline (window 256)"),
+                           ("agent_sync_routes", "agent call, ip_route_add_del /32 add+del"),
+                           ("agent_pipelined_routes", "agent pipeline, ip_route_add_del /32 add+del")):
+            r = m.get(key)
+            if r is None:
+                rows.append([label, "n/a", "-", "-"])
+                continue
+            msg = "control_ping" if "routes" not in key else "ip_route_add_del"
+            rows.append([label, f"{r['per_s']:,.0f}", f"{r['per_s'] / base:.2f}", f"{r['n']:,} x {msg}"])
+        print(md_table(["client", "msgs/s", "vs raw sync", "messages"], rows))
+    for note in res["notes"]:
+        print(f"note: {note}")
+
+
+def plot_results(res: dict[str, Any], stem: str, out: str) -> list[Path]:
+    engines = res["engines"]
+    names = list(engines)
+    panels: list[dict[str, Any]] = [{
+        "title": "programming rate (objects/s)", "ylabel": "per second", "log": True,
+        "groups": ["pods", "policies", "services", "pod DELs"],
+        "series": {e: [engines[e]["pods"]["per_s"], engines[e]["policies"]["per_s"], engines[e]["services"]["per_s"],
+                       engines[e]["removals"]["pods"]["per_s"]] for e in names}}]
+    panels.append({
+        "title": "one pod ADD: where the time goes (ms)", "ylabel": "ms per pod",
+        "groups": ["Linux", "VPP API", "state files", "Python rest"],
+        "series": {e: [engines[e]["pods"][k] / engines[e]["pods"]["count"] * 1e3
+                       for k in ("linux_s", "vpp_api_s", "store_s", "other_s")] for e in names}})
+    m = res.get("messages")
+    if m:
+        keys = [("raw_sync", "raw sync"), ("raw_async", "raw asyncio"), ("agent_sync", "agent sync"),
+                ("agent_pipelined", "agent pipelined")]
+        panels.append({"title": "control_ping messages/s", "ylabel": "messages/s", "log": True, "rotation": 15,
+                       "groups": [label for _, label in keys],
+                       "series": {"msgs/s": [m[k]["per_s"] if m.get(k) else None for k, _ in keys]}})
+    path = plot.bar_panels(plot.out_path(f"{stem}.png", out), f"VPP control plane: {res['target']}", panels,
+                           note="; ".join(res["notes"])[:220])
+    return [path] if path else []
+
+
+# ---------------------------------------------------------------- main
+
+def quick(a: argparse.Namespace) -> None:
+    a.pods, a.policies, a.services, a.namespaces = min(a.pods, 6), min(a.policies, 10), min(a.services, 10), min(a.namespaces, 3)
+    a.messages, a.sync_messages, a.repeats = min(a.messages, 1000), min(a.sync_messages, 200), 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pods", type=int, default=100)
+    ap.add_argument("--policies", type=int, default=200)
+    ap.add_argument("--services", type=int, default=1000)
+    ap.add_argument("--endpoints", type=int, default=3, help="backends per service")
+    ap.add_argument("--namespaces", type=int, default=10)
+    ap.add_argument("--engines", default=",".join(ENGINES), help=f"of {', '.join(ENGINES)}")
+    ap.add_argument("--messages", type=int, default=20000, help="pipelined/asyncio control_pings per run")
+    ap.add_argument("--sync-messages", type=int, default=3000, help="synchronous control_pings per run")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per message rate (median)")
+    ap.add_argument("--quick", action="store_true", help="a tiny scale, seconds (the smoke test)")
+    ap.add_argument("--fake", action="store_true", help="use the fake VPP even when $VPP_BIN is set")
+    ap.add_argument("--skip-messages", action="store_true")
+    ap.add_argument("--out", default=str(plot.OUT_DIR))
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--no-plot", action="store_true")
+    a = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # unwind (and clean up) like Ctrl-C
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("vppagent.vpp.connection").setLevel(logging.ERROR)   # "VPP lacks optional …" per connect
+    if a.quick:
+        quick(a)
+    engines = [e for e in a.engines.split(",") if e]
+    for e in engines:
+        if e not in ENGINES:
+            ap.error(f"unknown engine {e!r} (known: {', '.join(ENGINES)})")
+    fake = a.fake or not vpp_bin()
+    if not fake:
+        if not os.access(vpp_bin(), os.X_OK):
+            ap.error(f"VPP_BIN={vpp_bin()} is not executable")
+        if os.geteuid() != 0:
+            print("vpp_bench with a real VPP needs root (network namespaces, veths)", file=sys.stderr)
+            return 2
+    started = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    res: dict[str, Any] = {
+        "benchmark": "vpp_control", "fake": fake, "params": {k: v for k, v in vars(a).items() if k not in ("out",)},
+        "host": host_info(), "engines": {}, "notes": [],
+    }
+    if fake:
+        res["notes"].append("FAKE VPP: no VPP process, no socket, no veths; the rates are the agent's Python "
+                            "against an in-process stand-in, not VPP's")
+    log(f"target: {'fake VPP' if fake else vpp_bin()}; load average {res['host']['loadavg_start'][0]:.2f}")
+    try:
+        for n, engine in enumerate(engines):
+            target = Target(f"c{n}", fake, buffers=buffers_for(a.pods))
+            try:
+                res["target"] = target.label
+                if n == 0 and not a.skip_messages:
+                    res["messages"] = run_messages(target, a, log)
+                res["engines"][engine] = run_engine(target, engine, a, log)
+            finally:
+                target.close()
+    finally:
+        REGISTRY.sweep()
+    res["elapsed_s"] = time.perf_counter() - started
+    res["host"]["loadavg_end"] = os.getloadavg()
+    res["notes"].append(load_note(res["host"]))
+    if not fake:
+        res["notes"].append(f"VPP buffers-per-numa {buffers_for(a.pods)} (af_packet pods hold 256 each; the "
+                            "default 16,384 admits 56 pods)")
+    print_tables(res)
+    stem = "vpp_control" + (f"-{a.tag}" if a.tag else "")
+    jpath = plot.out_path(stem + ".json", a.out)
+    jpath.write_text(json.dumps(res, indent=2, default=str))
+    print(f"\nwrote {jpath}")
+    if not a.no_plot:
+        for path in plot_results(res, stem, a.out):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The shared sync layer (``vppagent sync``): one calculation, many node agents."""
