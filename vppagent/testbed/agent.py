@@ -28,8 +28,12 @@ class AgentRunner:
     """Start, stop, kill and wait for one node's agent; ``on_pid`` hears the subprocess pid."""
 
     def __init__(self, netns: str, config_path: Path, socket: str, log: Path,
-                 dataplane: str | Callable[[], Any], on_pid: Callable[[int | None], None] | None = None) -> None:
+                 dataplane: str | Callable[[], Any], on_pid: Callable[[int | None], None] | None = None,
+                 command: list[str] | None = None) -> None:
+        """``command``: the vppagent arguments (default ``run --config <config_path>``); with
+        ``netns`` empty the process runs in the caller's netns (the sync layer does)."""
         self.netns, self.config_path, self.socket, self.log = netns, config_path, socket, log
+        self.command = command or ["run", "--config", str(config_path)]
         self.dataplane = dataplane
         self.process: subprocess.Popen | None = None
         self.agent_obj: Any = None
@@ -48,9 +52,9 @@ class AgentRunner:
             self._start_thread()
         else:
             with open(self.log, "ab") as log:
+                prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
                 self.process = subprocess.Popen(
-                    ["ip", "netns", "exec", self.netns, PYTHON, "-m", "vppagent", "run", "--config",
-                     str(self.config_path)],
+                    [*prefix, PYTHON, "-m", "vppagent", *self.command],
                     cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                     env=dict(os.environ, PYTHONUNBUFFERED="1"),
                 )

@@ -29,6 +29,7 @@ import datetime
 import http.server
 import json
 import queue
+import select
 import shutil
 import socket
 import ssl
@@ -142,8 +143,10 @@ def _now() -> str:
 class ApiServer:
     """Kubernetes API semantics on ``127.0.0.1:<ephemeral port>``; thread-safe."""
 
-    def __init__(self, *, history: int = 10_000, tls: bool = False, token: str | None = None,
+    def __init__(self, *, port: int = 0, history: int = 10_000, tls: bool = False, token: str | None = None,
                  types: Iterable[ResourceType] = RESOURCE_TYPES) -> None:
+        """``port`` 0 picks a free one (a fixed one brings a "restarted" server back where clients
+        expect it); ``history`` is the event window; ``token`` makes every request need it."""
         self.history_window = history
         self.token = token
         self._lock = threading.Lock()
@@ -161,7 +164,7 @@ class ApiServer:
             self.register(t)
         self._tmp = Path(tempfile.mkdtemp(prefix="apiserver-"))
         self.ca_file: Path | None = None
-        self._http = _HTTPServer(("127.0.0.1", 0), _Handler, self)
+        self._http = _HTTPServer(("127.0.0.1", port), _Handler, self)
         if tls:
             self.ca_file = self._make_cert()
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -273,8 +276,14 @@ class ApiServer:
             self._compacted = self._rv
 
     def drop_watches(self) -> None:
-        """Cut every open watch stream mid-stream (no terminating chunk), like a lost connection."""
-        self._signal(_DROP)
+        """Cut every open watch stream mid-stream (no terminating chunk), like a lost connection:
+        events not yet written are lost with it, so the client must resume from its last RV."""
+        with self._lock:
+            for w in self._watchers:
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        w.queue.get_nowait()
+                w.queue.put(_DROP)
 
     def end_watches(self) -> None:
         """End every open watch stream cleanly, like the server's watch timeout."""
@@ -623,8 +632,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self._chunk(None)
                     return
                 try:
-                    item = watcher.queue.get(timeout=left)
+                    item = watcher.queue.get(timeout=min(left, 0.2) if left is not None else 0.2)
                 except queue.Empty:
+                    if self._client_gone():
+                        return
                     continue
                 if isinstance(item, _Event):
                     self._chunk({"type": item.type, "object": item.obj})
@@ -672,6 +683,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             data = json.dumps(event).encode() + b"\n"
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
+
+    def _client_gone(self) -> bool:
+        """A watch client sends nothing after its request: readable means it closed (or broke)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
 
     def _abort(self) -> None:
         self.close_connection = True

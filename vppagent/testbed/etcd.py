@@ -10,13 +10,18 @@
         etcd.kill(); etcd.restart()                 # same data dir and ports
         etcd.compact(rev)
 
+    writer = EtcdDatastore(etcd.client)             # the testbed's DatastoreWriter for etcd
+    writer.write("policy", [{...}, {...}])          # replaces the group atomically
+    writer.remove("policy")
+
 Ports come from binding port 0 on 127.0.0.1; if another process grabs one
 before etcd binds it (parallel runs), etcd exits with "address already in
 use" and new ports are picked, so parallel runs never share a server.
-Startup waits by polling ``/health``. etcd runs under ``setpriv
---pdeathsig KILL`` when available, so it dies with the thread that started it
-even if the test process is killed; the context manager kills it and removes
-the temp dir on every exit path.
+Startup waits by polling ``/health``. The context manager kills etcd and
+removes the temp dir on every exit path. If the test process itself is
+SIGKILLed: etcd runs under ``setpriv --pdeathsig KILL`` (``die_with_parent``;
+note it fires when the *thread* that started etcd exits), and the temp dir
+is in the testbed registry, so the next testbed removes it.
 """
 
 from __future__ import annotations
@@ -32,9 +37,13 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-from vppagent.sources.etcd_client import EtcdClient
+import yaml
+
+from vppagent.sources.etcd import object_key
+from vppagent.sources.etcd_client import EtcdClient, delete_op, put_op
+from vppagent.testbed.registry import Record, reap_stale
 
 ETCD_BIN = os.environ.get("VPPAGENT_ETCD_BIN", "/usr/bin/etcd")
 _PORT_ATTEMPTS = 5
@@ -64,9 +73,10 @@ class EtcdServer:
 
     def __init__(self, *, binary: str = ETCD_BIN, data_dir: str | Path | None = None,
                  progress_interval: float | None = None, start_timeout: float = 30.0,
-                 name: str = "testbed") -> None:
+                 name: str = "testbed", die_with_parent: bool = True) -> None:
         self.binary = binary
         self.name = name
+        self.die_with_parent = die_with_parent
         self.start_timeout = start_timeout
         self.progress_interval = progress_interval
         self._own_dir = data_dir is None
@@ -79,6 +89,11 @@ class EtcdServer:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         self._client: EtcdClient | None = None
+        self._record: Record | None = None
+        if self._own_dir:
+            reap_stale()
+            self._record = Record(f"etcd-{self.dir.name}", os.getpid(), str(self.dir))
+            self._record.save()
 
     # -- addresses ---------------------------------------------------------------
 
@@ -133,7 +148,7 @@ class EtcdServer:
         ]
         if self.progress_interval is not None:
             cmd += ["--experimental-watch-progress-notify-interval", f"{int(self.progress_interval * 1000)}ms"]
-        setpriv = shutil.which("setpriv")
+        setpriv = shutil.which("setpriv") if self.die_with_parent else None
         return [setpriv, "--pdeathsig", "KILL", "--", *cmd] if setpriv else cmd
 
     def _spawn(self) -> None:
@@ -191,6 +206,7 @@ class EtcdServer:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(sig)
+                proc.send_signal(signal.SIGCONT)      # a paused etcd must see the signal
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -207,6 +223,15 @@ class EtcdServer:
         """Crash it (SIGKILL): clients see their connections reset."""
         self._signal(signal.SIGKILL, 10.0)
 
+    def pause(self) -> None:
+        """Freeze etcd (SIGSTOP): connections stay open but nothing answers, like a dead network."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def restart(self) -> "EtcdServer":
         """Stop if running, then start again on the same data dir and ports."""
         self.stop()
@@ -219,6 +244,9 @@ class EtcdServer:
             self._client.close()
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
+        if self._record is not None:
+            self._record.drop()
+            self._record = None
 
     def __enter__(self) -> "EtcdServer":
         try:
@@ -254,3 +282,33 @@ class EtcdServer:
 
 class _PortTaken(Exception):
     """etcd lost the race for one of its ports; pick new ones."""
+
+
+class EtcdDatastore:
+    """The testbed's ``DatastoreWriter`` on etcd: named groups of objects at their keys.
+
+    ``write`` replaces a group in one transaction (new and changed objects
+    put, objects the group no longer holds deleted), so a watcher never sees
+    it half-written. Group membership is remembered here, not in etcd.
+    """
+
+    MAX_OPS = 128          # etcd's default --max-txn-ops
+
+    def __init__(self, client: EtcdClient, root: str = "/calico") -> None:
+        self.client = client
+        self.root = root
+        self._groups: dict[str, set[str]] = {}
+
+    def write(self, name: str, docs: Iterable[dict[str, Any]] | str) -> None:
+        objects = [d for d in (yaml.safe_load_all(docs) if isinstance(docs, str) else docs) if d]
+        values = {object_key(obj, self.root): json.dumps(obj) for obj in objects}
+        stale = self._groups.get(name, set()) - values.keys()
+        ops = [put_op(k, v) for k, v in values.items()] + [delete_op(k) for k in sorted(stale)]
+        for i in range(0, len(ops), self.MAX_OPS):         # atomic up to MAX_OPS objects
+            self.client.txn([], ops[i:i + self.MAX_OPS])
+        self._groups[name] = set(values)
+
+    def remove(self, name: str) -> None:
+        keys = sorted(self._groups.pop(name, set()))
+        for i in range(0, len(keys), self.MAX_OPS):
+            self.client.txn([], [delete_op(k) for k in keys[i:i + self.MAX_OPS]])

@@ -32,6 +32,7 @@ from vppagent.testbed import api, traffic
 from vppagent.testbed.agent import AgentRunner
 from vppagent.testbed.cni import CNI_VERSION, CniCall, Pod, cni_args, run_plugin
 from vppagent.testbed.netns import Namespaces, run
+from vppagent.testbed.datastore import DatastoreWriter, FileDatastore
 from vppagent.testbed.registry import Record, reap_stale
 from vppagent.testbed.traffic import Listener, Outcome
 
@@ -49,7 +50,8 @@ class Node:
     def __init__(self, dataplane: str | Callable[[], Any] = "none", *, pools: Sequence[str] = ("10.65.0.0/16",),
                  node_labels: dict[str, str] | None = None, config: dict | None = None, mtu: int = 1500,
                  poll_interval: float = 0.1, plugin: str | None = None, start: bool = True,
-                 log_level: str = "info", node_name: str | None = None) -> None:
+                 log_level: str = "info", node_name: str | None = None,
+                 datastore: "DatastoreWriter | None" = None, node_address: str | None = None) -> None:
         reap_stale()
         self.token = f"h{os.getpid() % 1000:03d}{secrets.token_hex(2)}"
         self.name = node_name or f"node-{self.token}"
@@ -64,6 +66,8 @@ class Node:
         self.poll_interval, self.log_level = poll_interval, log_level
         self.tmp = Path(tempfile.mkdtemp(prefix=f"vppagent-{self.token}-"))
         self.manifests = self.tmp / "manifests"
+        self.datastore = datastore or FileDatastore(self.manifests)
+        self.node_address = node_address
         self.state_dir = self.tmp / "state"
         self.socket = str(self.tmp / "agent.sock")
         self.log = self.tmp / "agent.log"
@@ -120,7 +124,7 @@ class Node:
         self._ns.delete(name)
 
     def _setup(self) -> None:
-        self.manifests.mkdir(parents=True)
+        self.manifests.mkdir(parents=True, exist_ok=True)
         self._ns.add(self.netns)
         self._ns.add(self.client_netns)
         a, b = f"{self.token}n", f"{self.token}c"
@@ -135,10 +139,13 @@ class Node:
         run(["ip", "-n", self.client_netns, "-6", "route", "add", "default", "via", self.node_ip6])
         if self.plugin is None:
             self.plugin = write_launcher(self.cni_bin, "vppagent-cni")
-        self.write_manifest("00-node", [{
-            "apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name, "labels": self.node_labels},
-            "status": {"addresses": [{"type": "InternalIP", "address": self.node_ip}]}}])
+        self.write_manifest(f"00-node-{self.name}", [self.node_manifest()])
         self.config_path.write_text(yaml.safe_dump(self.agent_config()))
+
+    def node_manifest(self) -> dict[str, Any]:
+        """The Kubernetes Node: its name, labels and the address other nodes route to."""
+        return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name, "labels": self.node_labels},
+                "status": {"addresses": [{"type": "InternalIP", "address": self.node_address or self.node_ip}]}}
 
     def agent_config(self) -> dict[str, Any]:
         """The agent's YAML config: the testbed's defaults with ``config`` merged in (one level deep)."""
@@ -204,18 +211,12 @@ class Node:
 
     # -- datastore -----------------------------------------------------------------------
 
-    def write_manifest(self, name: str, docs: Iterable[dict] | str) -> Path:
-        """Write ``<manifests>/<name>.yaml`` atomically (the agent polls the directory)."""
-        text = docs if isinstance(docs, str) else yaml.safe_dump_all(list(docs), sort_keys=False)
-        path = self.manifests / f"{name}.yaml"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-        return path
+    def write_manifest(self, name: str, docs: Iterable[dict] | str) -> None:
+        """Store a named group of objects in the datastore (by default ``<manifests>/<name>.yaml``)."""
+        self.datastore.write(name, docs)
 
     def remove_manifest(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.manifests / f"{name}.yaml").unlink()
+        self.datastore.remove(name)
 
     def _ensure_namespace(self, namespace: str, service_account: str) -> None:
         key = f"{namespace}/{service_account}"

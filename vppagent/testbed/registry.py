@@ -69,7 +69,8 @@ def _is_agent(pid: int, tmp: str) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"vppagent" in cmdline and b"run" in cmdline and tmp.encode() in cmdline
+    args = cmdline.split(b"\0")
+    return b"vppagent" in cmdline and (b"run" in args or b"sync" in args) and tmp.encode() in cmdline
 
 
 def reap_stale() -> list[str]:
