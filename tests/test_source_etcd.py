@@ -19,8 +19,10 @@ from vppagent.model.resources import BlockAffinity, IPPool, Namespace, Resource,
 from vppagent.sources.base import Source
 from vppagent.sources.etcd import EtcdSource, block_key, object_key
 from vppagent.sources.etcd_client import EtcdClient, EtcdCompactedError, EtcdConnectionError
+from vppagent.sources.config import DatastoreConfig
+from vppagent.sources.factory import create_block_store, create_source
 from vppagent.sources.events import Delete, SourceError, SourceEvent, SourceInSync, SourceStatus, Upsert
-from vppagent.testbed.etcd import EtcdServer, etcd_missing_reason
+from vppagent.testbed.etcd import EtcdDatastore, EtcdServer, etcd_missing_reason
 
 pytestmark = pytest.mark.skipif(etcd_missing_reason() is not None, reason=etcd_missing_reason() or "")
 
@@ -174,9 +176,9 @@ def etcd() -> Iterator[EtcdServer]:
 def make_source(etcd: EtcdServer) -> Iterator[Callable[..., tuple[EtcdSource, Consumer]]]:
     made: list[EtcdSource] = []
 
-    def make(**kw: Any) -> tuple[EtcdSource, Consumer]:
+    def make(timeout: float = 2.0, **kw: Any) -> tuple[EtcdSource, Consumer]:
         kw.setdefault("backoff", (0.02, 0.1))
-        source = EtcdSource(EtcdClient(etcd.client_url, timeout=2.0), **kw)
+        source = EtcdSource(EtcdClient(etcd.client_url, timeout=timeout), **kw)
         made.append(source)
         source.start()
         consumer = Consumer(source)
@@ -201,7 +203,8 @@ def test_initial_list_of_every_kind(etcd: EtcdServer, make_source) -> None:
     etcd.put_raw("/calico/ipam/v2/handle/k8s-pod-network.abc", "not json")
 
     source, consumer = make_source(page_size=4)                          # several pages
-    assert isinstance(source, Source)
+    as_protocol: object = source
+    assert isinstance(as_protocol, Source)
     expected = {resource_key(r): r for r in load_objects(EVERY_KIND)}
     for affinity in (BlockAffinity(mine.cidr, "n1"), BlockAffinity(v6.cidr, "n2")):
         expected[resource_key(affinity)] = affinity
@@ -377,21 +380,25 @@ def test_malformed_values_are_reported_and_skipped(etcd: EtcdServer, make_source
     # A relist does not report the same bad value twice.
     source.interrupt_watch(hold=True)
     etcd.put_object(ns_key("late"), namespace("late"))
-    etcd.compact()
+    etcd.put_object(ns_key("later"), namespace("later"))
+    etcd.compact()                                     # the source's next revision is gone
     source.release_watch()
     events = consumer.until("relist", lambda: source.relists == 1) + consumer.drain()
-    assert events == [Upsert(ns_resource("late"))]
+    assert events == [Upsert(ns_resource("late")), Upsert(ns_resource("later"))]
     assert len([e for e in consumer.events if isinstance(e, SourceError)]) == 4
 
 
 def test_unreachable_at_start_then_close_is_prompt() -> None:
     with EtcdServer() as server:
         url = server.client_url
-    source = EtcdSource(EtcdClient(url, timeout=1.0), backoff=(0.02, 0.05))   # nothing listens there now
+    source = create_source(DatastoreConfig(type="etcd", endpoints=(url,)))      # nothing listens there now
+    assert isinstance(source, EtcdSource)
+    source.backoff = (0.02, 0.05)
     source.start()
     consumer = Consumer(source)
     consumer.until("down", lambda: any(isinstance(e, SourceStatus) for e in consumer.events))
-    assert [e.connected for e in consumer.events] == [False] and not source.ready
+    assert consumer.events == [SourceStatus(False, consumer.events[0].detail)]  # type: ignore[union-attr]
+    assert not source.ready
     started = time.monotonic()
     source.close()
     assert time.monotonic() - started < 1.0
@@ -418,10 +425,10 @@ def test_block_store_compare_and_swap(etcd: EtcdServer) -> None:
 
 def test_ipam_on_etcd_two_nodes_concurrently(etcd: EtcdServer, make_source) -> None:
     pools = [IPPool(name="p", cidr=ipaddress.ip_network("10.70.0.0/24"), block_size=28)]
-    got: dict[str, list[ipaddress.IPv4Interface]] = {}
+    got: dict[str, list[Any]] = {}
 
     def node(name: str) -> None:
-        ipam = IPAM(EtcdBlockStore(EtcdClient(etcd.client_url)), name)
+        ipam = IPAM(create_block_store(DatastoreConfig(type="etcd", endpoints=(etcd.client_url,)), ""), name)
         got[name] = [ipam.assign(f"{name}-c{i}", {"node": name}, pools)[0] for i in range(40)]
 
     threads = [threading.Thread(target=node, args=(n,)) for n in ("n1", "n2")]
@@ -452,3 +459,27 @@ def test_testbed_restart_keeps_data_and_ports(etcd: EtcdServer) -> None:
     etcd.restart()
     assert etcd.client_url == url and etcd.client.get(ns_key("kept")) is not None
     assert isinstance(load_objects([namespace("kept")])[0], Namespace)
+
+
+def test_testbed_writer_replaces_groups(etcd: EtcdServer, make_source) -> None:
+    writer = EtcdDatastore(etcd.client)
+    source, consumer = make_source()
+    writer.write("team", [namespace("a"), namespace("b")])
+    consumer.until("group", lambda: consumer.has(ns_resource("a")) and consumer.has(ns_resource("b")))
+    writer.write("team", yaml.safe_dump_all([namespace("a", v="2"), namespace("c")]))
+    consumer.until("replaced", lambda: set(consumer.state) == {("Namespace", "a"), ("Namespace", "c")})
+    assert consumer.has(ns_resource("a", v="2"))
+    writer.remove("team")
+    consumer.until("removed", lambda: consumer.state == {})
+
+
+def test_hung_etcd_is_detected_by_the_keepalive_probe(etcd: EtcdServer, make_source) -> None:
+    source, consumer = make_source(keepalive=0.2, timeout=0.3)
+    etcd.pause()                                       # no reset, no EOF: only silence
+    try:
+        consumer.until("down", lambda: not source.ready)
+        assert [e for e in consumer.events if isinstance(e, SourceStatus)][0].connected is False
+    finally:
+        etcd.resume()
+    etcd.put_object(ns_key("after"), namespace("after"))
+    consumer.until("back", lambda: source.ready and consumer.has(ns_resource("after")))

@@ -264,3 +264,17 @@ def test_the_sync_layer_rejects_apply_and_nameless_nodes(cluster: Cluster) -> No
         with pytest.raises(grpc.RpcError) as err:
             ipam.Assign(g.ipam_pb2.AssignRequest(node="node1"), timeout=5)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "handle" in err.value.details()
+
+
+def test_a_malformed_object_is_reported_and_skipped(cluster: Cluster) -> None:
+    cluster.write("10-pods.yaml", [pod("shop", "db", "node1", "10.70.9.1", app="db")])
+    server = cluster.start_server()
+    a1, _ = cluster.start_agent("node1")
+    bad = {"apiVersion": "projectcalico.org/v3", "kind": "GlobalNetworkPolicy", "metadata": {"name": "broken"},
+           "spec": {"selector": "app == ", "ingress": [{"action": "Allow"}]}}
+    cluster.write("20-bad.yaml", [bad])
+    cluster.write("30-more.yaml", [pod("shop", "db2", "node1", "10.70.9.5", app="db")])
+    wait_for(lambda: "node1/k8s/shop/db2/eth0" in held(a1)[0], what="the good change still flowing")
+    errors = wait_for(lambda: [e for e in server.status()["errors"] if "20-bad.yaml" in e], what="error reported")
+    assert "spec.selector" in errors[0]
+    assert server.ready() and a1.ready()

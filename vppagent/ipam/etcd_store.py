@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from typing import Sequence
 
 from vppagent.ipam.blocks import Block, IPAMError, IPNetwork
 from vppagent.ipam.objects import block_from_object, block_to_object
 from vppagent.ipam.store import BlockStore, Revision
 from vppagent.model.errors import ValidationError
-from vppagent.sources.etcd import DEFAULT_ROOT, block_key, blocks_prefix
+from vppagent.sources.etcd import DEFAULT_ROOT, block_key, blocks_prefix, etcd_client
 from vppagent.sources.etcd_client import EtcdClient, KeyValue
 
 
@@ -30,8 +31,9 @@ class EtcdBlockStore(BlockStore):
     it would make its addresses look free.
     """
 
-    def __init__(self, client: EtcdClient, root: str = DEFAULT_ROOT) -> None:
-        self.client = client
+    def __init__(self, client: EtcdClient | None = None, *, endpoints: str | Sequence[str] | None = None,
+                 root: str = DEFAULT_ROOT) -> None:
+        self.client = etcd_client(client, endpoints)
         self.root = root.rstrip("/")
 
     def _block(self, kv: KeyValue) -> Block:

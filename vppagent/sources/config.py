@@ -54,6 +54,9 @@ def parse_datastore(ds: Fields, types: tuple[str, ...] = DATASTORE_TYPES) -> Dat
         endpoints = tuple(_url(v, p) for p, v in ds.list("endpoints"))
         if not endpoints:
             raise ValidationError(ds.at("endpoints"), "at least one etcd endpoint is required")
+        for (p, _), url in zip(ds.list("endpoints"), endpoints):
+            if url.startswith("https://"):
+                raise ValidationError(p, "TLS to etcd is not supported yet: use an http:// endpoint")
     address = ds.str("address")
     tls = None
     if ds.has("tls"):

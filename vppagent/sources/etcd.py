@@ -116,6 +116,16 @@ def object_key(obj: Mapping[str, Any], root: str = DEFAULT_ROOT) -> str:
     return f"{base}{plural}/{ns + '/' if ns else ''}{meta['name']}"
 
 
+def etcd_client(client: EtcdClient | None, endpoints: str | Sequence[str] | None) -> EtcdClient:
+    """``client``, or a new one for ``endpoints`` (exactly one must be given)."""
+    if (client is None) == (endpoints is None):
+        raise ValueError("give either an EtcdClient or the etcd endpoints")
+    if client is not None:
+        return client
+    assert endpoints is not None
+    return EtcdClient(endpoints)
+
+
 Parser = Callable[[Mapping[str, Any]], list[Resource]]
 
 
@@ -170,6 +180,9 @@ def _decode(key: str, value: bytes, parser: Parser) -> list[Resource]:
         return parser(obj)
     except ValidationError as exc:
         raise exc.with_source(key) from None
+    except Exception as exc:      # a parser bug must cost one object, not the whole stream
+        log.exception("etcd: parsing %s failed", key)
+        raise ValidationError("", f"cannot be parsed: {type(exc).__name__}: {exc}", key) from None
 
 
 # ---------------------------------------------------------------------- source
@@ -178,6 +191,7 @@ def _decode(key: str, value: bytes, parser: Parser) -> list[Resource]:
 class EtcdSource:
     """A :class:`~vppagent.sources.base.Source` over an etcd cluster in the layout above.
 
+    Give a ``client`` or the cluster's ``endpoints`` (client URLs).
     ``backoff`` is (first, max) seconds between reconnection attempts;
     ``keepalive`` is how long a silent watch may stay silent before etcd is
     probed (a hung etcd or a dead network never resets the connection).
@@ -185,10 +199,10 @@ class EtcdSource:
 
     name = "etcd"
 
-    def __init__(self, client: EtcdClient | str | Sequence[str], *, root: str = DEFAULT_ROOT,
-                 page_size: int = 500, backoff: tuple[float, float] = (0.2, 5.0),
+    def __init__(self, client: EtcdClient | None = None, *, endpoints: str | Sequence[str] | None = None,
+                 root: str = DEFAULT_ROOT, page_size: int = 500, backoff: tuple[float, float] = (0.2, 5.0),
                  keepalive: float = 10.0) -> None:
-        self.client = client if isinstance(client, EtcdClient) else EtcdClient(client)
+        self.client = etcd_client(client, endpoints)
         self.layout = _Layout(root.rstrip("/"))
         self.page_size = page_size
         self.backoff = backoff

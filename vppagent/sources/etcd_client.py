@@ -187,8 +187,8 @@ def _error_from_reply(status: int, body: bytes) -> EtcdError:
         reply = json.loads(body)
         message = str(reply.get("message") or reply.get("error") or body[:200])
         code = _int(reply.get("code"))
-    except (ValueError, AttributeError):
-        return EtcdConnectionError(f"etcd answered HTTP {status}: {body[:200]!r}")
+    except (ValueError, AttributeError):     # not the gateway talking (wrong URL, proxy, old etcd)
+        return EtcdRequestError(f"HTTP {status} from the etcd endpoint: {body[:200]!r}")
     return _error_from(message, code)
 
 
@@ -418,6 +418,7 @@ class Watch:
         self.interrupted = False
         self._raw = bytearray()      # bytes from the socket, not yet de-chunked
         self._body = bytearray()     # de-chunked body, not yet split into lines
+        self._scanned = 0            # _body[:_scanned] holds no newline (big messages arrive in pieces)
         self._chunk_left = 0         # data bytes of the current chunk still to move to _body
         self._crlf_pending = False
         self._ended = False
@@ -428,9 +429,12 @@ class Watch:
             raise EtcdConnectionError(f"etcd at {host}:{port}: {exc}") from None
         try:
             payload = json.dumps(body).encode()
-            self._sock.sendall(
-                f"POST /v3/watch HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+            try:
+                self._sock.sendall(
+                    f"POST /v3/watch HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+            except OSError as exc:
+                raise EtcdConnectionError(f"etcd at {host}:{port}: {exc}") from None
             self._read_head(time.monotonic() + timeout)
             first = self.next(timeout)
             if first is None:
@@ -464,7 +468,8 @@ class Watch:
     def _read_head(self, deadline: float) -> None:
         while b"\r\n\r\n" not in self._raw:
             if not self._recv(deadline):
-                raise EtcdConnectionError("etcd did not answer the watch request in time")
+                raise EtcdConnectionError(f"etcd at {self.endpoint[0]}:{self.endpoint[1]} did not answer"
+                                          " the watch request in time")
         head, _, rest = bytes(self._raw).partition(b"\r\n\r\n")
         self._raw = bytearray(rest)
         lines = head.decode("latin-1").split("\r\n")
@@ -528,19 +533,20 @@ class Watch:
     def next(self, timeout: float | None) -> WatchResponse | None:
         """The next response; None after ``timeout`` seconds of silence.
 
-        Raises EtcdCompactedError when etcd cancels the
-        watch because its start revision is compacted, EtcdConnectionError
-        when the stream ends.
+        Raises EtcdCompactedError when etcd cancels the watch because its
+        start revision is compacted, EtcdConnectionError when the stream ends.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            line_end = self._body.find(b"\n")
+            line_end = self._body.find(b"\n", self._scanned)
             if line_end >= 0:
                 line = bytes(self._body[:line_end]).strip()
                 del self._body[:line_end + 1]
+                self._scanned = 0
                 if line:
                     return self._message(line)
                 continue
+            self._scanned = len(self._body)
             if self._ended:
                 raise EtcdConnectionError("etcd ended the watch stream")
             before = len(self._body)
