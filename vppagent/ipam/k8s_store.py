@@ -44,11 +44,16 @@ class KubernetesBlockStore(BlockStore):
 
     def __init__(self, api_client: k8s.ApiClient | None = None, *, kubeconfig: str | Path | None = None,
                  request_timeout: float = 10.0) -> None:
-        """Pass an ``ApiClient``, or a kubeconfig (None: in-cluster config)."""
-        if api_client is None:
-            api_client = load_api_client(kubeconfig)
-        self._api = k8s.CustomObjectsApi(api_client)
+        """Pass an ``ApiClient`` (the caller closes it), or a kubeconfig (None: in-cluster config)."""
+        self._own_client = api_client is None
+        self._client = api_client if api_client is not None else load_api_client(kubeconfig)
+        self._api = k8s.CustomObjectsApi(self._client)
         self._timeout = request_timeout
+
+    def close(self) -> None:
+        """Drop pooled connections of a client this store created."""
+        if self._own_client:
+            self._client.close()
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
         fn = getattr(self._api, method)

@@ -60,8 +60,8 @@ def load_api_client(
 
     In-cluster needs KUBERNETES_SERVICE_HOST/PORT plus the token and CA files;
     their paths are parameters so a test (or an unusual mount) can move them.
-    ``retries=0`` makes connection errors surface at once (the source has its
-    own backoff); None keeps urllib3's default retries.
+    ``retries`` None keeps urllib3's default (3 quick retries: they absorb a pooled
+    keep-alive connection the server closed meanwhile; 0 would report that as an outage).
     """
     cfg = k8s.Configuration()
     if kubeconfig is not None:
@@ -214,7 +214,7 @@ class KubernetesSource:
         self._own_client = api_client is None
         self._api = api_client or load_api_client(
             kubeconfig, context=context, token_file=token_file, ca_file=ca_file, environ=environ,
-            retries=0, pool_size=len(wanted) + 4)
+            pool_size=len(wanted) + 4)
         self._kinds = [_KindState(k, k.lister(self._api)) for k in KINDS if k.name in wanted]
         self._watch_timeout = max(1, int(watch_timeout))
         self._request_timeout = request_timeout
@@ -286,6 +286,12 @@ class KubernetesSource:
             return [r for st in self._kinds for seen in st.objects.copy().values() for r in seen.resources.values()]
 
     @property
+    def failing(self) -> dict[str, str]:
+        """Kinds whose last request failed, with why (status pages; empty when connected)."""
+        with self._cond:
+            return dict(self._failing)
+
+    @property
     def resource_versions(self) -> dict[str, str | None]:
         """Per kind, the resourceVersion its next watch resumes from (tests, status)."""
         with self._cond:
@@ -335,13 +341,17 @@ class KubernetesSource:
         self._ok(st)
         present: set[str] = set()
         events: list[SourceEvent] = []
-        for item in body.get("items") or []:
-            obj = self._complete(st.kind, item)
-            key = _object_key(obj)
-            present.add(key)
-            events += self._on_object(st, key, obj)
-        for key in list(st.objects.keys() - present):
-            events += self._on_deleted(st, key)
+        try:
+            for item in body.get("items") or []:
+                obj = self._complete(st.kind, item)
+                key = _object_key(obj)
+                present.add(key)
+                events += self._on_object(st, key, obj)
+            for key in list(st.objects.keys() - present):
+                events += self._on_deleted(st, key)
+        except BaseException:
+            self._emit(st, events, st.rv)    # what was diffed is recorded as emitted: emit it
+            raise
         with self._cond:
             for ek in [ek for ek in self._errors if ek[0] == st.kind.name and ek[1] not in present]:
                 del self._errors[ek]
@@ -367,10 +377,12 @@ class KubernetesSource:
                 *lines, pending = pending.split(b"\n")
                 events: list[SourceEvent] = []
                 rv = st.rv
-                for line in lines:
-                    if line.strip():
-                        rv = self._on_watch_event(st, json.loads(line), events, rv)
-                self._emit(st, events, rv)
+                try:
+                    for line in lines:
+                        if line.strip():
+                            rv = self._on_watch_event(st, json.loads(line), events, rv)
+                finally:
+                    self._emit(st, events, rv)   # even when a later line fails: never lose a diffed event
             clean = True
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             if not self._stop.is_set():
@@ -387,11 +399,10 @@ class KubernetesSource:
         return clean
 
     def _on_watch_event(self, st: _KindState, ev: Obj, events: list[SourceEvent], rv: str | None) -> str | None:
+        """Apply one watch event, appending what to emit; returns the resourceVersion to resume from."""
         etype, obj = ev.get("type"), ev.get("object") or {}
         if etype == "ERROR":
             if obj.get("code") == 410:
-                self._emit(st, events, rv)           # keep what this stream already delivered
-                events.clear()
                 raise _Expired()
             raise _WatchError(f"watch ERROR {obj.get('code')}: {obj.get('message')}")
         new_rv = str((obj.get("metadata") or {}).get("resourceVersion") or "") or rv

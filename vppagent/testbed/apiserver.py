@@ -105,6 +105,10 @@ class ApiError(Exception):
                 "message": self.message, "reason": self.reason, "code": self.code}
 
 
+class _Unavailable(Exception):
+    """The server is down (see :meth:`ApiServer.down`)."""
+
+
 @dataclass(frozen=True)
 class _Event:
     rv: int
@@ -114,8 +118,12 @@ class _Event:
     obj: Obj
 
 
-# Control messages for a watch stream (besides _Event).
-_BOOKMARK = "bookmark"
+@dataclass(frozen=True)
+class _Bookmark:
+    rv: int
+
+
+# Control messages for a watch stream (besides _Event and _Bookmark).
 _END = "end"            # graceful end: terminating chunk (like a server-side timeout)
 _DROP = "drop"          # abrupt close mid-stream (connection lost)
 
@@ -125,7 +133,7 @@ class _Watcher:
         self.rtype = rtype
         self.namespace = namespace
         self.bookmarks = bookmarks
-        self.queue: queue.SimpleQueue[_Event | str] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[_Event | _Bookmark | str] = queue.SimpleQueue()
 
     def wants(self, ev: _Event) -> bool:
         return ev.rtype == self.rtype and (self.namespace is None or ev.namespace == self.namespace)
@@ -284,14 +292,21 @@ class ApiServer:
                     while True:
                         w.queue.get_nowait()
                 w.queue.put(_DROP)
+            self._watchers.clear()          # gone now: open_watches counts only live streams
 
     def end_watches(self) -> None:
         """End every open watch stream cleanly, like the server's watch timeout."""
-        self._signal(_END)
+        with self._lock:
+            for w in self._watchers:
+                w.queue.put(_END)
+            self._watchers.clear()
 
     def send_bookmarks(self) -> None:
-        """A BOOKMARK at the current resourceVersion to every watch that asked for bookmarks."""
-        self._signal(_BOOKMARK)
+        """A BOOKMARK at the current resourceVersion to every watch that asked for bookmarks
+        (the RV is fixed now: it must not pass events queued after it)."""
+        with self._lock:
+            for w in self._watchers:
+                w.queue.put(_Bookmark(self._rv))
 
     def down(self, mode: str = "503") -> None:
         """Fail every request (``"503"``: Service Unavailable; ``"reset"``: close the connection
@@ -344,11 +359,6 @@ class ApiServer:
     @staticmethod
     def _ns(rtype: ResourceType, namespace: str) -> str:
         return (namespace or "default") if rtype.namespaced else ""
-
-    def _signal(self, message: str) -> None:
-        with self._lock:
-            for w in self._watchers:
-                w.queue.put(message)
 
     def _commit(self, rtype: ResourceType, etype: str, obj: Obj) -> Obj:
         """Bump the RV, record the event and hand it to matching watches (lock held)."""
@@ -442,6 +452,8 @@ class ApiServer:
                     bookmarks: bool) -> tuple[_Watcher | None, list[_Event], int]:
         """Register a watch; returns (watcher, backlog, rv) or (None, [], compacted RV) for 410."""
         with self._lock:
+            if self._down is not None:      # went down after the request was read: no watch survives
+                raise _Unavailable()
             if not since or since == "0":
                 backlog = [_Event(int(o["metadata"]["resourceVersion"]), rtype, ns, "ADDED", copy.deepcopy(o))
                            for (ns, _), o in sorted(self._store[rtype].items())
@@ -462,12 +474,6 @@ class ApiServer:
     def _close_watch(self, watcher: _Watcher) -> None:
         with self._lock:
             self._watchers.discard(watcher)
-
-    def _bookmark(self, rtype: ResourceType) -> Obj:
-        with self._lock:
-            rv = self._rv
-        return {"type": "BOOKMARK", "object": {"kind": rtype.kind, "apiVersion": rtype.api_version,
-                                               "metadata": {"resourceVersion": str(rv)}}}
 
     def _route(self, path: str) -> tuple[ResourceType, str | None, str | None]:
         """URL path → (type, namespace or None for all, name or None for the collection)."""
@@ -496,6 +502,7 @@ class ApiServer:
 
 class _HTTPServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256    # the default 5 drops SYNs when a dozen watches reconnect at once (1 s stalls)
 
     def __init__(self, addr: tuple[str, int], handler: type, api: ApiServer) -> None:
         self.api = api
@@ -523,6 +530,7 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True     # headers and body go out in two writes: no 40 ms delayed-ACK stall
     server: _HTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: tests assert on counters
@@ -548,15 +556,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         api = self.server.api
         body = self._body()
-        with api._lock:
-            down = api._down
-        if down is not None:
-            api._count("refused", "")
-            if down == "reset":
-                self._abort()
-            else:
-                self._send(503, ApiError(503, "ServiceUnavailable", "the server is currently unable to "
-                                                                    "handle the request").status())
+        if api._down is not None:
+            self._refuse()
             return
         if api.token is not None:
             scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
@@ -569,10 +570,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
             rtype, namespace, name = api._route(url.path)
             if method == "GET" and name is None and query.get("watch") in ("true", "1"):
-                api._count("watch", rtype.resource)
                 self._watch(rtype, namespace, query)
                 return
             status, obj = self._serve(method, rtype, namespace, name, body)
+        except _Unavailable:
+            self._refuse()
+            return
         except ApiError as exc:
             status, obj = exc.code, exc.status()
         except (ValueError, TypeError) as exc:
@@ -612,18 +615,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else None
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
         watcher, backlog, rv = api._open_watch(rtype, namespace, query.get("resourceVersion"), bookmarks)
+        api._count("watch", rtype.resource)
         self.close_connection = True
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        if watcher is None:
-            gone = ApiError(410, "Expired", f"too old resource version: {query.get('resourceVersion')} ({rv})")
-            self._chunk({"type": "ERROR", "object": gone.status()})
-            self._chunk(None)
-            return
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Connection", "close")       # the stream's end closes the connection
+            self.end_headers()
+            if watcher is None:                           # like the real server: 200, then an ERROR event
+                gone = ApiError(410, "Expired", f"too old resource version: {query.get('resourceVersion')} ({rv})")
+                self._chunk({"type": "ERROR", "object": gone.status()})
+                self._chunk(None)
+                return
             for ev in backlog:
                 self._chunk({"type": ev.type, "object": ev.obj})
             while True:
@@ -639,8 +644,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     continue
                 if isinstance(item, _Event):
                     self._chunk({"type": item.type, "object": item.obj})
-                elif item == _BOOKMARK and watcher.bookmarks:
-                    self._chunk(api._bookmark(rtype))
+                elif isinstance(item, _Bookmark):
+                    if watcher.bookmarks:
+                        self._chunk({"type": "BOOKMARK", "object": {
+                            "kind": rtype.kind, "apiVersion": rtype.api_version,
+                            "metadata": {"resourceVersion": str(item.rv)}}})
                 elif item == _END:
                     self._chunk(None)
                     return
@@ -648,9 +656,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self._abort()
                     return
         except OSError:
-            self.close_connection = True       # the client went away
+            pass                                          # the client went away
         finally:
-            api._close_watch(watcher)
+            if watcher is not None:
+                api._close_watch(watcher)
 
     # -------------------------------------------------------------------
 
@@ -683,6 +692,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             data = json.dumps(event).encode() + b"\n"
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
+
+    def _refuse(self) -> None:
+        self.server.api._count("refused", "")
+        if self.server.api._down == "reset":
+            self._abort()
+        else:
+            self._send(503, ApiError(503, "ServiceUnavailable", "the server is currently unable to handle "
+                                                                "the request").status())
 
     def _client_gone(self) -> bool:
         """A watch client sends nothing after its request: readable means it closed (or broke)."""
