@@ -173,3 +173,32 @@ def test_vxlan_overlay_on_a_routed_underlay() -> None:
             ipaddress.ip_network(f"{b.ip}/26", strict=False))))
         c.wait_for(lambda: c.nodes[0].reachable(a, b, 7100), what="a -> b through the overlay")
         assert c.nodes[1].ping(b, a)
+
+
+def test_cluster_on_the_kubernetes_datastore_survives_an_api_server_outage(tmp_path) -> None:
+    """The sync layer on the (in-test) Kubernetes API: blocks as IPAMBlock CRDs, pods across
+    nodes, and an API server outage that leaves every dataplane as it was."""
+    from vppagent.testbed.apiserver import ApiServer, KubernetesDatastore
+
+    with ApiServer() as api:
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        writer = KubernetesDatastore(api)
+        with Cluster(nodes=2, dataplane="nftables", writer=writer,
+                     sync_args=["--datastore", "kubernetes", "--kubeconfig", str(kubeconfig)]) as c:
+            c.write("09-namespaces", [namespace("shop", team="shop")])
+            n0, n1 = c.nodes
+            web = n0.add_pod("shop", "web", labels={"app": "web"})
+            db = n1.add_pod("shop", "db", labels={"app": "db"})
+            blocks = api.objects("crd.projectcalico.org/v1", "IPAMBlock")
+            assert sorted(b["spec"]["affinity"] for b in blocks) == sorted(f"host:{n.name}" for n in c.nodes)
+            c.wait_for_route(n0, db)
+            c.wait_for(lambda: n0.reachable(web, db, 5432), what="web -> db across nodes")
+            api.down()
+            c.wait_for(lambda: not n0.status().get("ready"), what="node 0 not ready while the API is down")
+            assert n0.reachable(web, db, 5432)                 # the dataplane is kept
+            api.up()
+            c.write("20-policy", [netpol("shop", "db", {"app": "db"},
+                                         [{"podSelector": {"matchLabels": {"app": "nobody"}}}])])
+            for node in c.nodes:
+                node.wait_ready()
+            c.wait_for(lambda: not n0.reachable(web, db, 5432, timeout=0.5), what="policy after the outage")

@@ -713,3 +713,27 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
+
+
+class KubernetesDatastore:
+    """The testbed's ``DatastoreWriter`` on an :class:`ApiServer`: named groups of objects."""
+
+    def __init__(self, server: ApiServer) -> None:
+        self.server = server
+        self._groups: dict[str, list[Obj]] = {}
+
+    def write(self, name: str, docs: Iterable[Mapping[str, Any]] | str) -> None:
+        objs = [dict(d) for d in (yaml.safe_load_all(docs) if isinstance(docs, str) else docs) if d]
+        new_keys = {(o["apiVersion"], o["kind"], *_key(o)) for o in objs}
+        for old in self._groups.get(name, []):
+            if (old["apiVersion"], old["kind"], *_key(old)) not in new_keys:
+                with contextlib.suppress(ApiError):
+                    self.server.delete_object(old)
+        for obj in objs:
+            self.server.apply(obj)
+        self._groups[name] = objs
+
+    def remove(self, name: str) -> None:
+        for obj in self._groups.pop(name, []):
+            with contextlib.suppress(ApiError):
+                self.server.delete_object(obj)
