@@ -41,6 +41,7 @@ from vppagent.model.updates import (
     RenderedRule, ServiceRemove, ServiceUpdate, TierInfo, Update, WorkloadEndpointRemove,
     WorkloadEndpointUpdate,
 )
+from vppagent.model.updates import RouteRemove, RouteUpdate
 from vppagent.reconciler import Reconciler, Report
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,8 @@ class IptablesDataplane(BaseDataplane):
                 self._on_service(i, state)
             case IPPoolUpdate() | IPPoolRemove():
                 self._dirty.add("pools")
+            case RouteUpdate() | RouteRemove():
+                self.route_changed(update, state)
             case _:
                 pass   # ConfigUpdate, InSync
 

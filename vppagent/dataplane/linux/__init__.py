@@ -15,9 +15,11 @@ and its unit tests stay cheap to import.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vppagent.dataplane.base import ReconcilingDataplane, WiredWorkload, WorkloadWiring
+from vppagent.model.state import DataplaneState
+from vppagent.model.updates import RouteRemove, RouteUpdate
 
 if TYPE_CHECKING:  # pragma: no cover
     from vppagent.dataplane.linux.pods import LinuxPodNetwork
@@ -28,11 +30,27 @@ __all__ = ["LinuxDataplane"]
 class LinuxDataplane(ReconcilingDataplane):
     """A ``ReconcilingDataplane`` whose pods are veths in the agent's netns.
 
-    ``pod_mtu`` is the MTU used when a wiring asks for none (0).
+    ``pod_mtu`` is the MTU used when a wiring asks for none (0); ``vxlan_mtu``
+    the overlay device's (0: the underlay's minus the VXLAN overhead). Routes
+    to other nodes' blocks (``routes.NodeRoutes``) are keys of this
+    dataplane's reconciler; subclasses pass ``RouteUpdate``/``RouteRemove``
+    to ``route_changed``.
     """
 
     pod_mtu: int = 1500
+    vxlan_mtu: int = 0
     _pod_network: "LinuxPodNetwork | None" = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        from vppagent.dataplane.linux.routes import NodeRoutes
+
+        self.node_routes = NodeRoutes(self)
+
+    def route_changed(self, update: RouteUpdate | RouteRemove, state: DataplaneState) -> None:
+        """Program (or remove) the route to another node's block, already folded into ``state``."""
+        entry = state.routes.get(update.id)
+        self.node_routes.changed(update.id, entry.route if entry is not None else None)
 
     @property
     def pod_network(self) -> "LinuxPodNetwork":

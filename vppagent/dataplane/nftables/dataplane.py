@@ -35,6 +35,7 @@ from vppagent.model.updates import (
     ProfileUpdate, RenderedRule, ServiceRemove, ServiceUpdate, Update, WorkloadEndpointRemove,
     WorkloadEndpointUpdate,
 )
+from vppagent.model.updates import RouteRemove, RouteUpdate
 from vppagent.reconciler import Backoff, KeyState
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,8 @@ class NftablesDataplane(_BASE):
                 self._render_service(i, state)
             case IPPoolUpdate() | IPPoolRemove():
                 self.set_group(("pools", ""), skeleton.pools(state.pools.values()))
+            case RouteUpdate() | RouteRemove():
+                self.route_changed(update, state)
             case _:
                 pass      # ConfigUpdate, InSync: nothing to render
 
