@@ -208,7 +208,6 @@ class ConformanceLab:
             if dp is not None:
                 for w, ns in zip(peps, pod_ns):
                     dp.unwire_workload(wiring(w, ns))
-                dp.conn.call("cnat_session_purge")
                 dp.stop()
                 # A fresh agent with nothing desired removes everything of ours, and only that.
                 cleaner = VppDataplane(config(topo, self.engine))

@@ -137,6 +137,7 @@ class FakeInterface:
     rx_mode: int = 1                # RX_MODE_API_POLLING
     rx_placement: dict[int, int] = field(default_factory=dict)       # queue -> worker
     create: dict[str, Any] = field(default_factory=dict)
+    secondary_macs: set[bytes] = field(default_factory=set)         # no dump shows them
 
     @property
     def flags(self) -> int:
@@ -200,6 +201,14 @@ class FakeState:
     vxlan: dict[int, dict[str, Any]] = field(default_factory=dict)      # sw_if_index -> args
     vxlan_instances: set[int] = field(default_factory=set)
     vxlan_bypass: set[tuple[int, int]] = field(default_factory=set)
+    # graph arcs a client may add (add_node_next); vxlan*-input start with VPP's own two
+    node_nexts: dict[str, list[str]] = field(default_factory=lambda: {
+        "vxlan4-input": ["error-drop", "l2-input"], "vxlan6-input": ["error-drop", "l2-input"]})
+
+
+# Graph nodes the fake knows by name (add_node_next answers NO_SUCH_NODE for others).
+KNOWN_NODES = frozenset({"vxlan4-input", "vxlan6-input", "ethernet-input", "ip4-input", "ip6-input",
+                         "l2-input", "error-drop"})
 
 
 @dataclass
@@ -466,7 +475,8 @@ class FakeVpp:
         st.npol_interfaces.pop(idx, None)
         st.cnat_features.discard(idx)
         st.nat44_interfaces.pop(idx, None)
-        st.snat_interfaces = {k for k in st.snat_interfaces if k[0] != idx}
+        # cnat's SNAT interface maps are bitmaps by index with no interface-delete hook
+        # (cnat_snat_policy.c): a role outlives its interface and a reused index inherits it.
         del st.interfaces[idx]
         st.if_pool.put(idx)
         self._event(idx, deleted=True)
@@ -700,6 +710,27 @@ class FakeVpp:
             raise Retval("UNIMPLEMENTED")
         iface.mac = self._mac(m.mac_address)
         return {}
+
+    def _h_sw_interface_add_del_mac_address(self, m: Any, s: _Session) -> dict:
+        # vnet/interface_api.c: any error of vnet_hw_interface_add_del_mac_address is UNIMPLEMENTED
+        # (interfaces without an Ethernet address: local0, L3 tunnels)
+        iface = self._iface(m.sw_if_index)
+        if iface.kind == "local" or iface.create.get("l3"):
+            raise Retval("UNIMPLEMENTED")
+        mac = self._mac(m.addr)
+        (iface.secondary_macs.add if m.is_add else iface.secondary_macs.discard)(mac)
+        return {}
+
+    def _h_add_node_next(self, m: Any, s: _Session) -> dict:
+        # vlibmemory/vlib_api.c: vlib_node_add_next is idempotent (an existing arc keeps its slot)
+        if m.node_name not in KNOWN_NODES:
+            return {"retval": ERRNO["NO_SUCH_NODE"], "next_index": ALL_ONES}
+        if m.next_name not in KNOWN_NODES:
+            return {"retval": ERRNO["NO_SUCH_NODE2"], "next_index": ALL_ONES}
+        nexts = self.state.node_nexts.setdefault(m.node_name, [])
+        if m.next_name not in nexts:
+            nexts.append(m.next_name)
+        return {"next_index": nexts.index(m.next_name)}
 
     def _h_create_loopback_instance(self, m: Any, s: _Session) -> dict:
         # vnet/ethernet/interface.c vnet_create_loopback_interface
@@ -1230,7 +1261,13 @@ class FakeVpp:
         (self.state.snat_exclude.add if m.is_add else self.state.snat_exclude.discard)(m.prefix)
         return {}
 
+    def _default_snat_entry(self) -> None:
+        """cnat_snat_policy_entry_get_default(): the entry of FIB 0, or FEATURE_DISABLED."""
+        if not self.state.snat or self.state.snat.get("fwd_fib_index", 0) != 0:
+            raise Retval("FEATURE_DISABLED")
+
     def _h_cnat_set_snat_policy(self, m: Any, s: _Session) -> dict:
+        self._default_snat_entry()
         self.state.snat_policy = int(m.policy)
         return {}
 
@@ -1238,6 +1275,7 @@ class FakeVpp:
         self._iface(m.sw_if_index)
         if int(m.table) > 3:
             raise Retval("INVALID_VALUE")
+        self._default_snat_entry()           # interface roles live in the default SNAT entry
         key = (m.sw_if_index, int(m.table))
         (self.state.snat_interfaces.add if m.is_add else self.state.snat_interfaces.discard)(key)
         return {}
@@ -1381,6 +1419,9 @@ class FakeVpp:
             return {"sw_if_index": found}
         if found is not None:
             raise Retval("TUNNEL_EXIST")
+        decap = m.decap_next_index if m.decap_next_index != ALL_ONES else 1      # ~0: l2-input
+        if decap >= len(st.node_nexts["vxlan6-input" if m.dst_address.version == 6 else "vxlan4-input"]):
+            raise Retval("INVALID_DECAP_NEXT")
         if m.instance != ALL_ONES and m.instance in st.vxlan_instances:
             raise Retval("INSTANCE_IN_USE")
         inst = m.instance if m.instance != ALL_ONES else next(
@@ -1392,7 +1433,7 @@ class FakeVpp:
             "key": key, "instance": inst, "src_address": m.src_address, "dst_address": m.dst_address,
             "src_port": m.src_port or 4789, "dst_port": m.dst_port or 4789,
             "mcast_sw_if_index": m.mcast_sw_if_index, "encap_vrf_id": m.encap_vrf_id,
-            "decap_next_index": m.decap_next_index, "vni": m.vni}
+            "decap_next_index": decap, "vni": m.vni}
         return {"sw_if_index": iface.sw_if_index}
 
     def _h_vxlan_tunnel_v2_dump(self, m: Any, s: _Session) -> list[dict]:

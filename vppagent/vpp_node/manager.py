@@ -1,7 +1,9 @@
 """``vppagent vpp run``: what Calico/VPP's vpp-manager does, supervised.
 
 One run: record the uplink's Linux state (saved to ``supervise.stateFile``
-before anything changes), create VPP's network namespace, hand the uplink
+before anything changes), create VPP's network namespace (or take over the
+one the previous run kept: the host ends of af_packet pods' veths live
+there, and deleting it would take every pod's interface down with VPP), hand the uplink
 over (``uplink.park``), render startup.conf and the startup CLI script, start
 VPP in its namespace, wait until its API answers and the script has run,
 create and wire the uplink and the host interface in VPP, give the host
@@ -181,15 +183,7 @@ class Manager:
                  len(self.state.addresses), len(self.state.routes), self.state.mac, self.state.mtu)
         if cfg.sriov:
             self.vfs = setup_vfs(cfg.sriov, self.sysfs, self.vf_netlink)
-        if self.vpp_ns.exists():
-            users = _processes_in(self.vpp_ns)
-            if users:
-                raise ManagerError(f"network namespace {cfg.netns} is in use by process(es) "
-                                   f"{', '.join(map(str, users))} (another manager's VPP?)")
-            log.info("reusing network namespace %s: it holds pod interfaces from before", cfg.netns)
-        else:
-            create_netns(cfg.netns)
-        self._own_netns = True
+        self._claim_netns()
         self.parked = park(self.node, self.vpp_ns, self.state, cfg, self.sysfs)
         self._save_state()
         conf = write_startup_files(cfg, pci_of=lambda _: self.parked.pci if self.parked else "",
@@ -216,6 +210,20 @@ class Manager:
             attach_vfs(self.conn, cfg.sriov, self.vfs)
         self._status("ready", vppVersion=getattr(self.conn, "version", ""), hostInterface=host.kind,
                      linuxProblems=problems)
+
+    def _claim_netns(self) -> None:
+        """Create VPP's netns, or take over the one a previous run kept because pod
+        interfaces live there (see ``_delete_netns``); never one a process runs in."""
+        name = self.cfg.netns
+        if self.vpp_ns.exists():
+            users = _processes_in(self.vpp_ns)
+            if users:
+                raise ManagerError(f"network namespace {name} is in use by process(es) "
+                                   f"{', '.join(map(str, users))} (another manager's VPP?)")
+            log.info("reusing network namespace %s: it holds pod interfaces from before", name)
+        else:
+            create_netns(name)
+        self._own_netns = True
 
     def _wait_startup_script(self, deadline: float) -> None:
         """VPP runs the startup CLI script ~2 s after start; its last line

@@ -36,6 +36,7 @@ from vppagent.dataplane.vpp.npol_desc import NpolIfaceDescriptor, NpolPolicyDesc
 from vppagent.dataplane.vpp.podlinux import PodLinux
 from vppagent.dataplane.vpp.pods import PodNetwork
 from vppagent.dataplane.vpp.policy import Rendered, render
+from vppagent.dataplane.vpp.routes import Local, NodeRoutes, route_descriptors
 from vppagent.dataplane.vpp.store import StateStore
 from vppagent.model.state import DataplaneState
 from vppagent.model.updates import (
@@ -43,6 +44,7 @@ from vppagent.model.updates import (
     PolicyRemove, PolicyUpdate, ProfileRemove, ProfileUpdate, ServiceRemove, ServiceUpdate, Update,
     WorkloadEndpointRemove, WorkloadEndpointUpdate,
 )
+from vppagent.model.updates import RouteRemove, RouteUpdate
 from vppagent.reconciler import Backoff, KeyState, Reconciler, Report
 from vppagent.vpp.connection import VppConnection
 from vppagent.vpp.errors import VppApiMismatch, VppError
@@ -54,7 +56,9 @@ try:   # cnat translations for services (another module; optional until it exist
 except ImportError:            # pragma: no cover - depends on the tree
     _services = None
 
-RECONNECT = Backoff(base=0.2, factor=2.0, max=5.0)
+# A lost VPP is usually being restarted by its manager (a few seconds); trying a unix socket
+# is cheap, so keep trying every second rather than backing off for longer.
+RECONNECT = Backoff(base=0.2, factor=2.0, max=1.0)
 
 
 class VppDataplane(ReconcilingDataplane):
@@ -87,6 +91,7 @@ class VppDataplane(ReconcilingDataplane):
         self._wep_iface: dict[str, str] = {}        # endpoint id -> its interface
         self._iface_wep: dict[str, str] = {}        # interface -> endpoint id
         self._node_addrs: list[Any] = []
+        self.node_routes = NodeRoutes(self.set_group, self._route_local)   # other nodes' blocks
         self._snat: Any = None                      # the services' SnatConfig (None: no SNAT entry)
         self.reconciler = self._new_reconciler()
 
@@ -105,6 +110,8 @@ class VppDataplane(ReconcilingDataplane):
                      AclBindingDescriptor(ctx, acls, self._ifname_of)):
             r.register(desc)
         self._services_descriptor(r, ctx)
+        for desc in route_descriptors(ctx, lambda key: self.reconciler.desired_map.get(key)):
+            r.register(desc)
         if previous is not None:
             for key, value in previous.desired().items():
                 r.set(key, value)
@@ -207,6 +214,7 @@ class VppDataplane(ReconcilingDataplane):
         self.pods.restore_linux()
         self.pods.resync()
         self._sync_refs()
+        self.node_routes.refresh()
         self._render_dirty()
         errors = self.reconciler.read_actual()
         if errors:
@@ -239,6 +247,7 @@ class VppDataplane(ReconcilingDataplane):
                     ": new instance, reprogramming" if new else "")
         self._rebuild()
         self._connected = True
+        self._last_error = None          # "VPP not reachable" is over; what follows reports afresh
         self._after_connect()
 
     def _rebuild(self) -> None:
@@ -275,6 +284,13 @@ class VppDataplane(ReconcilingDataplane):
                 for v6 in (False, True):
                     for a in self.conn.dump("ip_address_dump", sw_if_index=idx, is_ipv6=v6):
                         self._node_addrs.append(ipaddress.ip_interface(str(a.prefix)).ip)
+
+    def _route_local(self) -> Local:
+        """This node as routes to other nodes' blocks see it (uplink, its index and addresses)."""
+        name = self.config.uplink_interface
+        ref = self._refs.get(name) if name else None
+        return Local(self.config.node_name or "", name, ref.sw_if_index if ref is not None else None,
+                     tuple(self._node_addrs))
 
     def _uplink_mtu(self) -> int | None:
         name = self.config.uplink_interface
@@ -394,6 +410,9 @@ class VppDataplane(ReconcilingDataplane):
                 self._hosts_changed = True
             case ServiceUpdate() | ServiceRemove() | IPPoolUpdate() | IPPoolRemove():
                 self._services_changed(state)        # pools: SNAT exclusions and natOutgoing roles
+            case RouteUpdate(id=rid) | RouteRemove(id=rid):
+                entry = state.routes.get(rid)
+                self.node_routes.changed(rid, entry.route if entry is not None else None)
             case _:
                 pass
 
@@ -459,7 +478,11 @@ class VppDataplane(ReconcilingDataplane):
         a VPP whose manager has not created or addressed the uplink yet."""
         if not self.config.uplink_interface or self._node_addrs:
             return
-        self._read_node_addresses()
+        try:
+            self._read_node_addresses()
+        except VppError as exc:
+            self._lost(str(exc))
+            return
         if self._node_addrs:
             log.info("node addresses from %s: %s", self.config.uplink_interface,
                      ", ".join(map(str, self._node_addrs)))

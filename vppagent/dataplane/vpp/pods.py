@@ -39,6 +39,11 @@ from vppagent.vpp.connection import VppConnection
 
 log = logging.getLogger(__name__)
 SHARED_LOOPBACK_ADDRESSES = ("169.254.1.1/32",)
+# A pod's own loopback holds the pods' gateway address, not the pod's: in the pod's VRF the
+# pod's address must not be local to VPP, or a pod reaching itself through a Service (hairpin:
+# DNAT to its own address) would be received by VPP and dropped as a spoofed local address
+# instead of going back out to the pod, source-NATed by cnat.
+POD_LOOPBACK_ADDRESSES = SHARED_LOOPBACK_ADDRESSES
 
 
 @register
@@ -84,7 +89,7 @@ class PodSpec:
         if any(self.tables):
             for af, t in zip((4, 6), self.tables):
                 out[VrfKey(self.ifname, af)] = VrfValue(t)
-            out[LoopbackKey(self.ifname)] = LoopbackValue(self.tables, tuple(sorted(self.ips)))
+            out[LoopbackKey(self.ifname)] = LoopbackValue(self.tables, POD_LOOPBACK_ADDRESSES)
         if self.kind == "memif":
             out[MemifSocketKey(self.ifname)] = MemifSocketValue(memif_socket_path(self.ifname, self.netns))
         out[PodIfaceKey(self.ifname)] = self.iface_value()

@@ -40,10 +40,11 @@ What each frontend becomes:
 Where translations match: in the FIB (cnat clients), so they work for
 traffic from any interface without per-interface setup.  The cnat feature
 arc (``feature_cnat_enable_disable``) belongs on pod interfaces (hairpin
-SNAT; pods must also be marked POD, see ``cnat_snat``).  Enabling it on the
-uplink too (natOutgoing needs it; so does npol on host interfaces) changes
-two things in VPP 26.10, because translations then match in cnat's input
-node instead of the FIB:
+SNAT; pods must also be marked POD, see ``cnat_snat``: the dataplane does
+both).  Enabling it on the uplink too (natOutgoing needs it; so does npol
+to see external traffic, so the dataplane always does when it has an
+uplink) changes two things in VPP 26.10, because translations then match in
+cnat's input node instead of the FIB:
 
 - a path's source rewrite is ignored there, so external clients are
   masqueraded only on their way to remote backends (the K8S SNAT policy's
@@ -52,9 +53,11 @@ node instead of the FIB:
 - a reject-sink translation cannot work (the DNATed packet dies in the FIB
   before cnat records its return session, so the ICMP error goes back with
   the sink address inside, and the output SNAT policy rewrites it too).
-  Set ``node_address_rejects=False`` then: those ports are left to the node
-  (punted to the host stack, which refuses closed ports).  Guarded
-  addresses keep rejecting properly thanks to the anchors.
+  Set ``node_address_rejects=False`` then (the dataplane does whenever it
+  has an uplink): those ports are left to the node (``vppagent vpp run``
+  punts local TCP/UDP to the host interface, and the host stack refuses
+  closed ports).  Guarded addresses keep rejecting properly thanks to the
+  anchors.
 
 Stale UDP flows: updating a translation without a backend makes VPP expire
 that backend's sessions at its scanner's next pass (``cnat_sessions``);
