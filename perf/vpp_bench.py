@@ -7,33 +7,38 @@ dataplane and no socket: its numbers measure only the agent's own Python and
 every table says FAKE. Per policy engine (``npol``, which is npol plus the ACL
 plugin for ICMP, and the ``acl`` fallback) one fresh VPP runs in a network
 namespace of its own, and the VPP dataplane (``podInterface: af_packet``) runs
-in this process:
+in this process, fed by CalcGraph:
 
 * pods/s: N pods wired one at a time as CNI ADDs arrive (veth, af_packet
   host-interface, per-pod VRFs, loopback + unnumbered, /32 route and static
   neighbour), each followed by its WorkloadEndpoint update (the namespace
-  profile rendered onto the interface); the time is split into the Linux side
-  (pyroute2), VPP API exchanges, state-store writes and the rest (reconciler,
-  rendering); pod netns are created beforehand, as a container runtime does;
+  profile rendered onto the interface); pod netns are made beforehand, as a
+  container runtime does, and not timed;
 * policies/s: P policies (linux_control_bench's mix of Kubernetes, Calico
-  and tiered global policies, with selectors that become IP sets) applied to
-  those pods in one update batch: calculation and dataplane separately;
-* services/s: S ClusterIP services with E backends each, as cnat
-  translations (plus their guard routes);
-* removals: services, policies, then every pod (CNI DEL);
-* messages/s: ``control_ping`` through the agent's ``VppConnection``,
-  synchronous (``call``) and pipelined (``pipeline``), beside a raw vpp_papi
-  loop (``VPPApiClient`` synchronous) and vpp_papi's asyncio client (all
-  requests in flight at once) in the same run, with ratios to the raw loop.
+  and tiered global policies, with selectors that become IP sets) in one
+  update batch, calculation apart; one policy added and one changed with all
+  in place; all removed;
+* services/s (first lane only: the policy engine plays no part): for each
+  batch size S, S ClusterIP services with E backends as cnat translations,
+  then --single more one at a time, then all removed;
+* pod DELs/s: every pod's endpoint removed and its CNI DEL;
+* where the time goes: each phase split into Linux (pyroute2), VPP API
+  exchanges, state files and the rest (reconciler, rendering), VPP API time
+  per pod by message, and with --profile the hottest functions;
+* messages/s: ``control_ping`` (and ``ip_route_add_del``) through the agent's
+  ``VppConnection``, synchronous (``call``) and pipelined (``pipeline``), beside
+  a raw vpp_papi ``VPPApiClient`` loop (the baseline), vpp_papi's asyncio
+  client and a raw socket with vpp_papi's codec (window 1 and 256, no reader
+  thread) in the same run, with ratios to the baseline.
 
-    sudo VPP_BIN=... VPP_PLUGIN_PATH=... .venv/bin/python perf/vpp_bench.py
-        [--pods 100] [--policies 200] [--services 1000] [--endpoints 3]
-        [--engines npol,acl] [--messages 20000] [--sync-messages 3000] [--repeats 3]
-        [--quick] [--fake] [--out perf/out] [--tag NAME] [--no-plot]
+    sudo -E .venv/bin/python perf/vpp_bench.py [--pods 50] [--policies 200] [--services 100,500]
+        [--single 5] [--endpoints 3] [--engines npol,acl] [--messages 10000] [--sync-messages 3000]
+        [--repeats 3] [--skip messages,pods,services] [--poll-sleep-usec 100] [--quick] [--fake] [--profile]
+        [--out perf/out] [--tag NAME] [--no-plot]
 
-Writes perf/out/vpp_control[-TAG].json and .png. A real VPP needs root
-(namespaces). Every VPP, netns and veth this run makes is removed at the end,
-also after a failure, Ctrl-C or SIGTERM.
+Writes perf/out/vpp_control[-TAG].json, .png and -pod-add.png. A real VPP needs
+root. Every VPP, netns and veth this run makes is removed at the end, also
+after a failure, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -70,6 +75,9 @@ ENGINES = ("npol", "acl")
 PLUGINS = ("af_packet", "tap", "memif", "acl", "cnat", "npol", "ping")
 # Everything this run creates is named vpb<TOKEN>…, so parallel runs (and other people's VPPs) never collide.
 TOKEN = f"{os.getpid() % 100000:x}{secrets.token_hex(2)}"
+# VPP 26.10's af_packet ring defaults (the agent passes no sizes): TX one block of 1,024 frames x 66 KiB,
+# RX 160 blocks of 32 x 2 KiB, all mapped into VPP: ~78 MiB of RSS per pod, measured.
+AF_PACKET_RING_MIB = 80
 FAKE_LABEL = "FAKE VPP (vppagent/vpp/fake.py: no real VPP, no socket; measures the agent's Python only)"
 
 
@@ -171,7 +179,8 @@ class VppProcess:
     The startup.conf is written here (4k pages, no hugepages) rather than taken
     from the project's templates so the benchmark pins exactly what it measures:
     ``buffers`` sized for the pods (af_packet holds 256 per pod), a small cnat
-    session table, ``poll_sleep_usec`` (None: poll flat out, for throughput).
+    session table, ``poll_sleep_usec`` (None: no fixed sleep; VPP then sleeps in epoll
+    while idle, as af_packet runs in interrupt mode).
     """
 
     def __init__(self, tag: str, *, buffers: int = 16384, poll_sleep_usec: int | None = 100,
@@ -438,10 +447,10 @@ class TimeSplit:
 
 # ---------------------------------------------------------------- one engine: pods, policies, services
 
-def pod_object(i: int, n_ns: int) -> dict:
+def pod_object(i: int, n_ns: int, app: str | None = None) -> dict:
     """Pod i (10.65.x.y), app label out of 25, a named port: what the policies select on."""
     from linux_control_bench import pod
-    return pod(i, n_ns)
+    return pod(i, n_ns, app)
 
 
 def pod_wiring(obj: dict, netns: str) -> Any:
@@ -470,117 +479,197 @@ def rules_in(objs: list[dict]) -> int:
     return n
 
 
-def run_engine(target: Target, engine: str, a: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
-    """Pods, policies and services through one dataplane with ``engine``; then remove them again."""
-    from vppagent.calc.graph import CalcGraph
-    from vppagent.manifests.loader import load_objects
-    from vppagent.model.updates import InSync
+class Lane:
+    """One dataplane on one target, fed by a CalcGraph; each ``apply_*`` is one measured phase."""
 
-    res: dict[str, Any] = {"engine": engine, "target": target.label}
-    dp = target.dataplane(engine)
-    split = TimeSplit(dp)
-    try:
+    def __init__(self, target: Target, engine: str, a: argparse.Namespace, profile: bool = False) -> None:
+        from vppagent.calc.graph import CalcGraph
+        from vppagent.manifests.loader import load_objects
+        from vppagent.model.updates import InSync
+        self.target, self.engine, self.a = target, engine, a
+        self.profile = profile
+        self.dp = target.dataplane(engine)
+        self.split = TimeSplit(self.dp)
         t0 = time.perf_counter()
-        dp.start()
-        if not dp._connected:
-            raise RuntimeError(f"dataplane did not connect to {target.socket}: {dp.status().last_error}")
-        res["vpp_engine"] = dp.engine
-        graph = CalcGraph(NODE)
-        base = namespaces(a.namespaces) + service_namespaces(a.services, a.namespaces) + tiers() + [pool()]
-        graph.apply_all(load_objects(base, "base"))
-        dp.apply([*graph.flush(), InSync()])
-        res["start_s"] = time.perf_counter() - t0
-        check_report(dp, f"{engine}: start")
+        self.dp.start()
+        if not self.dp._connected:
+            raise RuntimeError(f"dataplane did not connect to {target.socket}: {self.dp.status().last_error}")
+        self.graph = CalcGraph(NODE)
+        self.graph.apply_all(load_objects(self.base_objects(), "base"))
+        self.dp.apply([*self.graph.flush(), InSync()])
+        self.start_s = time.perf_counter() - t0
+        check_report(self.dp, f"{engine}: start")
 
-        # ---- pods: CNI ADD, then the endpoint update, one pod at a time
-        objs = [pod_object(i, a.namespaces) for i in range(a.pods)]
-        netns = target.make_pod_netns(a.pods)
-        wirings = [pod_wiring(o, ns) for o, ns in zip(objs, netns)]
-        add_ms, wep_ms = [], []
-        pods: dict[str, Any] = {"count": a.pods}
-        with split.phase(pods):
-            for o, w in zip(objs, wirings):
-                t = time.perf_counter()
-                dp.wire_workload(w)
-                add_ms.append((time.perf_counter() - t) * 1e3)
-                t = time.perf_counter()
-                for r in load_objects([o], "pod"):
-                    graph.update(r)
-                dp.apply(graph.flush())
-                wep_ms.append((time.perf_counter() - t) * 1e3)
-        check_report(dp, f"{engine}: pods")
-        pods.update(per_s=a.pods / pods["wall_s"], add_p50_ms=statistics.median(add_ms),
-                    add_p90_ms=percentile(add_ms, 0.9), wep_p50_ms=statistics.median(wep_ms),
-                    first_add_ms=add_ms[0], last_add_ms=add_ms[-1],
-                    last10_add_ms=statistics.median(add_ms[-10:]), first10_add_ms=statistics.median(add_ms[:10]))
-        res["pods"] = pods
-        log(f"{engine}: {a.pods} pods in {pods['wall_s']:.2f} s ({pods['per_s']:.1f}/s; ADD p50 "
-            f"{pods['add_p50_ms']:.1f} ms, {pods['messages'] / a.pods:.1f} msgs and "
-            f"{pods['round_trips'] / a.pods:.1f} round trips per pod)")
+    def base_objects(self) -> list[dict]:
+        a = self.a
+        return namespaces(a.namespaces) + service_namespaces(max(a.services, default=0), a.namespaces) + tiers() + [pool()]
 
-        # ---- policies: one batch
-        pol_objs = [policy(i, a.namespaces) for i in range(a.policies)]
+    @contextlib.contextmanager
+    def phase(self, out: dict[str, Any], what: str) -> Iterator[None]:
+        """A measured block (time split, optional cProfile); the dataplane must end clean."""
+        prof = None
+        if self.profile:
+            import cProfile
+            prof = cProfile.Profile()
+            prof.enable()
+        with self.split.phase(out):
+            yield
+        if prof is not None:
+            prof.disable()
+            out["profile"] = top_functions(prof)
+        check_report(self.dp, f"{self.engine}: {what}")
+
+    def feed(self, objs: list[dict], remove: bool = False) -> tuple[list[Any], float]:
+        """Objects into the calculation; returns (updates, calculation seconds)."""
+        from vppagent.manifests.loader import load_objects
         t = time.perf_counter()
-        for r in load_objects(pol_objs, "policies"):
-            graph.update(r)
-        updates = graph.flush()
-        calc = time.perf_counter() - t
-        pol: dict[str, Any] = {"count": a.policies, "rules": rules_in(pol_objs), "updates": len(updates), "calc_s": calc}
-        with split.phase(pol):
-            dp.apply(updates)
-        check_report(dp, f"{engine}: policies")
-        pol["per_s"] = a.policies / pol["wall_s"]
-        pol["per_s_with_calc"] = a.policies / (pol["wall_s"] + calc)
-        res["policies"] = pol
-        log(f"{engine}: {a.policies} policies ({pol['rules']} rules, {len(updates)} updates) in "
-            f"{pol['wall_s']:.2f} s + calc {calc:.2f} s ({pol['per_s']:.1f}/s; {pol['messages']} msgs)")
+        for r in load_objects(objs, "bench"):
+            if remove:
+                self.graph.remove(r)
+            else:
+                self.graph.update(r)
+        updates = self.graph.flush()
+        return updates, time.perf_counter() - t
 
-        # ---- services: one batch
-        svc_objs = [o for s in range(a.services) for o in services(s, a.endpoints)]
-        t = time.perf_counter()
-        for r in load_objects(svc_objs, "services"):
-            graph.update(r)
-        updates = graph.flush()
-        calc = time.perf_counter() - t
-        svc: dict[str, Any] = {"count": a.services, "endpoints": a.endpoints, "updates": len(updates), "calc_s": calc}
-        with split.phase(svc):
-            dp.apply(updates)
-        check_report(dp, f"{engine}: services")
-        svc["per_s"] = a.services / svc["wall_s"]
-        svc["per_s_with_calc"] = a.services / (svc["wall_s"] + calc)
-        res["services"] = svc
-        log(f"{engine}: {a.services} services x {a.endpoints} in {svc['wall_s']:.2f} s + calc {calc:.2f} s "
-            f"({svc['per_s']:.1f}/s; {svc['messages']} msgs)")
+    def close(self) -> None:
+        self.dp.stop()
 
-        # ---- removals
-        res["removals"] = {}
-        for what, gone in (("services", svc_objs), ("policies", pol_objs)):
-            for r in load_objects(gone, what):
-                graph.remove(r)
-            updates = graph.flush()
-            out: dict[str, Any] = {"count": a.services if what == "services" else a.policies}
-            with split.phase(out):
-                dp.apply(updates)
-            check_report(dp, f"{engine}: removing {what}")
-            out["per_s"] = out["count"] / out["wall_s"] if out["wall_s"] else None
-            res["removals"][what] = out
-        dels: dict[str, Any] = {"count": a.pods}
-        with split.phase(dels):
-            for o, w in zip(objs, wirings):
-                for r in load_objects([o], "pod"):
-                    graph.remove(r)
-                dp.apply(graph.flush())
-                dp.unwire_workload(w)
-        check_report(dp, f"{engine}: pod DELs")
-        dels["per_s"] = a.pods / dels["wall_s"]
-        res["removals"]["pods"] = dels
-        log(f"{engine}: removed {a.services} services in {res['removals']['services']['wall_s']:.2f} s, "
-            f"{a.policies} policies in {res['removals']['policies']['wall_s']:.2f} s, "
-            f"{a.pods} pods in {dels['wall_s']:.2f} s")
-        res["connection"] = dict(dp.conn.stats)
-    finally:
-        dp.stop()
+
+def top_functions(prof: Any, n: int = 10) -> list[dict[str, Any]]:
+    """The functions with the most self time in a phase (for --profile): where the Python goes."""
+    import pstats
+    st = pstats.Stats(prof)
+    rows = []
+    for (file, line, func), (_, ncalls, tottime, cum, _) in st.stats.items():      # type: ignore[attr-defined]
+        where = file.split("/vppagent/", 1)[1] if "/vppagent/" in file else Path(file).name
+        rows.append({"function": f"{where}:{line}({func})", "calls": ncalls, "self_s": tottime, "cum_s": cum})
+    rows.sort(key=lambda r: -r["self_s"])
+    return rows[:n]
+
+
+def vpp_rss_mib(target: Target) -> float | None:
+    """Resident memory of the VPP process (af_packet rings are mapped into it)."""
+    if target.vpp is None or target.vpp.proc is None:
+        return None
+    pids = [target.vpp.proc.pid] + [int(p) for p in run(["pgrep", "-g", str(target.vpp.proc.pid)], check=False).split()]
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip().startswith("vpp"):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return None
+
+
+def run_pods_and_policies(lane: Lane, log: Callable[[str], None]) -> dict[str, Any]:
+    """Pods one at a time (CNI ADD, then its endpoint update), policies in one batch, then both removed."""
+    a, dp, target, engine = lane.a, lane.dp, lane.target, lane.engine
+    res: dict[str, Any] = {"engine": engine, "vpp_engine": dp.engine, "start_s": lane.start_s}
+    objs = [pod_object(i, a.namespaces) for i in range(a.pods)]
+    netns = target.make_pod_netns(a.pods)
+    wirings = [pod_wiring(o, ns) for o, ns in zip(objs, netns)]
+    add_ms, wep_ms, afp_ms = [], [], []
+    pods: dict[str, Any] = {"count": a.pods, "vpp_rss_before_mib": vpp_rss_mib(target)}
+    afp = lane.split.by_message
+    with lane.phase(pods, "pods"):
+        for o, w in zip(objs, wirings):
+            before = afp.get("af_packet_create_v3", [0.0])[0]
+            t = time.perf_counter()
+            dp.wire_workload(w)
+            add_ms.append((time.perf_counter() - t) * 1e3)
+            afp_ms.append((afp.get("af_packet_create_v3", [0.0])[0] - before) * 1e3)
+            t = time.perf_counter()
+            dp.apply(lane.feed([o])[0])
+            wep_ms.append((time.perf_counter() - t) * 1e3)
+    pods["vpp_rss_after_mib"] = vpp_rss_mib(target)
+    k = max(1, min(10, a.pods // 4))
+    pods.update(per_s=a.pods / pods["wall_s"], add_ms=add_ms, af_packet_create_ms=afp_ms,
+                add_p50_ms=statistics.median(add_ms),
+                add_p90_ms=percentile(add_ms, 0.9), wep_p50_ms=statistics.median(wep_ms),
+                first_add_ms=statistics.median(add_ms[:k]), last_add_ms=statistics.median(add_ms[-k:]), ends=k)
+    res["pods"] = pods
+    rss = ""
+    if pods["vpp_rss_after_mib"] is not None and pods["vpp_rss_before_mib"] is not None:
+        rss = f", VPP RSS +{(pods['vpp_rss_after_mib'] - pods['vpp_rss_before_mib']) / a.pods:.0f} MiB per pod"
+    log(f"{engine}: {a.pods} pods in {pods['wall_s']:.2f} s ({pods['per_s']:.1f}/s; ADD p50 "
+        f"{pods['add_p50_ms']:.1f} ms, {pods['messages'] / a.pods:.1f} msgs and "
+        f"{pods['round_trips'] / a.pods:.1f} round trips per pod{rss})")
+
+    pol_objs = [policy(i, a.namespaces) for i in range(a.policies)]
+    updates, calc = lane.feed(pol_objs)
+    pol: dict[str, Any] = {"count": a.policies, "rules": rules_in(pol_objs), "updates": len(updates), "calc_s": calc}
+    with lane.phase(pol, "policies"):
+        dp.apply(updates)
+    pol["per_s"] = a.policies / pol["wall_s"]
+    pol["rules_per_s"] = pol["rules"] / pol["wall_s"]
+    res["policies"] = pol
+    log(f"{engine}: {a.policies} policies ({pol['rules']} rules, {len(updates)} updates) in "
+        f"{pol['wall_s']:.2f} s + calc {calc:.2f} s ({pol['per_s']:.1f}/s; {pol['messages']} msgs)")
+
+    # one more policy, and one changed, with everything in place: the latency a user sees
+    one: dict[str, Any] = {}
+    extra = policy(a.policies, a.namespaces)
+    updates, calc = lane.feed([extra])
+    with lane.phase(one, "one policy added"):
+        dp.apply(updates)
+    changed = policy(a.policies, a.namespaces, variant=1)
+    updates, calc2 = lane.feed([changed])
+    two: dict[str, Any] = {}
+    with lane.phase(two, "one policy changed"):
+        dp.apply(updates)
+    res["one_policy"] = {"add_ms": one["wall_s"] * 1e3, "change_ms": two["wall_s"] * 1e3,
+                         "calc_ms": (calc + calc2) / 2 * 1e3}
+    pol_objs.append(changed)
+
+    gone: dict[str, Any] = {"count": len(pol_objs)}
+    updates, _ = lane.feed(pol_objs, remove=True)
+    with lane.phase(gone, "removing policies"):
+        dp.apply(updates)
+    gone["per_s"] = gone["count"] / gone["wall_s"]
+    dels: dict[str, Any] = {"count": a.pods}
+    with lane.phase(dels, "pod DELs"):
+        for o, w in zip(objs, wirings):
+            dp.apply(lane.feed([o], remove=True)[0])
+            dp.unwire_workload(w)
+    dels["per_s"] = a.pods / dels["wall_s"]
+    res["removals"] = {"policies": gone, "pods": dels}
+    log(f"{engine}: removed {len(pol_objs)} policies in {gone['wall_s']:.2f} s, {a.pods} pods in {dels['wall_s']:.2f} s")
     return res
+
+
+def run_services(lane: Lane, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """For each size S: S services in one batch, then ``--single`` more one at a time (the
+    latency of one Service change with S in place), then all removed in one batch."""
+    a, dp = lane.a, lane.dp
+    out = []
+    for n in a.services:
+        objs = [o for s in range(n) for o in services(s, a.endpoints)]
+        updates, calc = lane.feed(objs)
+        add: dict[str, Any] = {"count": n, "endpoints": a.endpoints, "updates": len(updates), "calc_s": calc}
+        with lane.phase(add, f"{n} services"):
+            dp.apply(updates)
+        add["per_s"] = n / add["wall_s"]
+        singles = []
+        for s in range(n, n + a.single):
+            one: dict[str, Any] = {}
+            updates, _ = lane.feed(services(s, a.endpoints))
+            with lane.phase(one, "one service"):
+                dp.apply(updates)
+            singles.append(one["wall_s"] * 1e3)
+            objs += services(s, a.endpoints)
+        gone: dict[str, Any] = {"count": n + a.single}
+        updates, _ = lane.feed(objs, remove=True)
+        with lane.phase(gone, f"removing {n} services"):
+            dp.apply(updates)
+        gone["per_s"] = gone["count"] / gone["wall_s"]
+        r = {"count": n, "add": add, "one_ms": statistics.median(singles) if singles else None,
+             "one_ms_runs": singles, "remove": gone}
+        out.append(r)
+        log(f"services: {n} x {a.endpoints} in {add['wall_s']:.2f} s ({add['per_s']:.1f}/s, {add['messages']} msgs in "
+            f"{add['round_trips']} round trips); one more: {r['one_ms'] or 0:.1f} ms; removed in {gone['wall_s']:.2f} s")
+    return out
 
 
 # ---------------------------------------------------------------- messages/s
@@ -773,74 +862,102 @@ def _ms(s: float, n: int) -> str:
 def print_tables(res: dict[str, Any]) -> None:
     engines = res["engines"]
     print(f"\n## VPP control plane: {res['target']}\n")
-    heads = ["", *engines]
-    rows = []
+    rows: list[list[str]] = []
 
     def row(label: str, get: Callable[[dict[str, Any]], str]) -> None:
         rows.append([label, *[get(engines[e]) for e in engines]])
 
-    row("policy engine in VPP", lambda r: r["vpp_engine"])
-    row("start + in-sync", lambda r: f"{r['start_s']:.2f} s")
-    p0 = next(iter(engines.values()))
-    row(f"pods/s (CNI ADD + endpoint, {p0['pods']['count']} pods)", lambda r: f"{r['pods']['per_s']:.1f}")
-    row("  ADD p50 / p90", lambda r: f"{r['pods']['add_p50_ms']:.1f} / {r['pods']['add_p90_ms']:.1f} ms")
-    row("  ADD p50 first 10 / last 10", lambda r: f"{r['pods']['first10_add_ms']:.1f} / {r['pods']['last10_add_ms']:.1f} ms")
-    row("  endpoint update p50", lambda r: f"{r['pods']['wep_p50_ms']:.1f} ms")
-    row("  VPP messages / round trips per pod",
-        lambda r: f"{r['pods']['messages'] / r['pods']['count']:.1f} / {r['pods']['round_trips'] / r['pods']['count']:.1f}")
-    pol = p0["policies"]
-    row(f"policies/s ({pol['count']} policies, {pol['rules']} rules)", lambda r: f"{r['policies']['per_s']:.1f}")
-    row("  dataplane / calculation", lambda r: f"{r['policies']['wall_s']:.2f} / {r['policies']['calc_s']:.2f} s")
-    row("  VPP messages / round trips", lambda r: f"{r['policies']['messages']:,} / {r['policies']['round_trips']:,}")
-    svc = p0["services"]
-    row(f"services/s ({svc['count']} ClusterIP x {svc['endpoints']} backends)", lambda r: f"{r['services']['per_s']:.1f}")
-    row("  dataplane / calculation", lambda r: f"{r['services']['wall_s']:.2f} / {r['services']['calc_s']:.2f} s")
-    row("  VPP messages / round trips", lambda r: f"{r['services']['messages']:,} / {r['services']['round_trips']:,}")
-    row("services removed/s", lambda r: f"{r['removals']['services']['per_s']:.1f}")
-    row("policies removed/s", lambda r: f"{r['removals']['policies']['per_s']:.1f}")
-    row("pods removed/s (endpoint gone + CNI DEL)", lambda r: f"{r['removals']['pods']['per_s']:.1f}")
-    print(md_table(heads, rows))
+    if engines:
+        p0 = next(iter(engines.values()))
+        row("policy engine in VPP", lambda r: r["vpp_engine"])
+        row("start + in-sync (empty)", lambda r: f"{r['start_s']:.2f} s")
+        row(f"pods/s (CNI ADD + endpoint update, {p0['pods']['count']} pods)", lambda r: f"{r['pods']['per_s']:.1f}")
+        row("  ADD p50 / p90", lambda r: f"{r['pods']['add_p50_ms']:.0f} / {r['pods']['add_p90_ms']:.0f} ms")
+        row(f"  ADD p50 of the first / last {p0['pods']['ends']}",
+            lambda r: f"{r['pods']['first_add_ms']:.0f} / {r['pods']['last_add_ms']:.0f} ms")
+        row(f"  af_packet_create_v3 p50 of the first / last {p0['pods']['ends']}",
+            lambda r: "{:.0f} / {:.0f} ms".format(statistics.median(r["pods"]["af_packet_create_ms"][:r["pods"]["ends"]]),
+                                                 statistics.median(r["pods"]["af_packet_create_ms"][-r["pods"]["ends"]:])))
+        row("  endpoint update p50", lambda r: f"{r['pods']['wep_p50_ms']:.1f} ms")
+        row("  VPP messages / round trips per pod",
+            lambda r: f"{r['pods']['messages'] / r['pods']['count']:.1f} / {r['pods']['round_trips'] / r['pods']['count']:.1f}")
+        if p0["pods"].get("vpp_rss_after_mib") is not None:
+            row("  VPP RSS per pod", lambda r: f"{(r['pods']['vpp_rss_after_mib'] - r['pods']['vpp_rss_before_mib']) / r['pods']['count']:.1f} MiB")
+        pol = p0["policies"]
+        row(f"policies/s ({pol['count']} policies, {pol['rules']} rules, one batch)", lambda r: f"{r['policies']['per_s']:.1f}")
+        row("  dataplane / calculation", lambda r: f"{r['policies']['wall_s']:.2f} / {r['policies']['calc_s']:.2f} s")
+        row("  VPP messages / round trips", lambda r: f"{r['policies']['messages']:,} / {r['policies']['round_trips']:,}")
+        row("one policy added / changed (dataplane)",
+            lambda r: f"{r['one_policy']['add_ms']:.1f} / {r['one_policy']['change_ms']:.1f} ms")
+        row("policies removed/s (one batch)", lambda r: f"{r['removals']['policies']['per_s']:.1f}")
+        row("pods removed/s (endpoint gone + CNI DEL)", lambda r: f"{r['removals']['pods']['per_s']:.1f}")
+        print(md_table(["", *engines], rows))
 
-    print("\nWhere the time goes (ms per object: Linux netlink / VPP API exchanges / state files / rest in Python):\n")
-    heads = ["phase", *engines]
+    svc = res.get("services")
+    if svc:
+        print(f"\nServices (ClusterIP, {svc['endpoints']} backends each, as cnat translations; engine {svc['engine']}, "
+              "the policy engine plays no part):\n")
+        rows = []
+        for r in svc["sizes"]:
+            add, gone = r["add"], r["remove"]
+            rows.append([f"{r['count']:,}", f"{add['per_s']:.1f}", f"{add['wall_s']:.2f} s", f"{add['calc_s']:.2f} s",
+                         f"{add['messages']:,} / {add['round_trips']}",
+                         f"{add['vpp_api_s'] / add['wall_s'] * 100:.0f} %",
+                         f"{r['one_ms']:.1f} ms" if r["one_ms"] is not None else "-", f"{gone['per_s']:.1f}"])
+        print(md_table(["services", "added/s", "dataplane", "calculation", "VPP msgs / round trips",
+                        "share in VPP API", "one more service", "removed/s"], rows))
+
+    print("\nWhere the time goes, ms per object: Linux netlink / VPP API exchanges / state files / rest (Python):\n")
     rows = []
-    for phase, label in (("pods", "per pod ADD"), ("policies", "per policy"), ("services", "per service")):
-        rows.append([label, *[" / ".join(_ms(engines[e][phase][k], engines[e][phase]["count"])
-                                         for k in ("linux_s", "vpp_api_s", "store_s", "other_s")) for e in engines]])
-    rows.append(["per pod DEL", *[" / ".join(_ms(engines[e]["removals"]["pods"][k], engines[e]["removals"]["pods"]["count"])
-                                             for k in ("linux_s", "vpp_api_s", "store_s", "other_s")) for e in engines]])
-    print(md_table(heads, rows))
+
+    def split(r: dict[str, Any], n: int) -> str:
+        return " / ".join(_ms(r[k], n) for k in ("linux_s", "vpp_api_s", "store_s", "other_s"))
+
+    for e, r in engines.items():
+        rows.append([f"pod ADD + endpoint ({e})", split(r["pods"], r["pods"]["count"])])
+        rows.append([f"pod DEL ({e})", split(r["removals"]["pods"], r["removals"]["pods"]["count"])])
+        rows.append([f"policy ({e}, in a batch of {r['policies']['count']})", split(r["policies"], r["policies"]["count"])])
+    for r in (svc or {}).get("sizes", []):
+        rows.append([f"service (batch of {r['count']})", split(r["add"], r["count"])])
+    print(md_table(["object", "Linux / VPP API / files / rest"], rows))
 
     for e, r in engines.items():
         p = r["pods"]
-        top = list(p["by_message"].items())[:8]
-        if not top:
-            continue
-        print(f"\nVPP API time per pod ADD by message ({e}; a pipeline's time is shared by its messages):\n")
-        print(md_table(["message", "ms per pod", "calls per pod", "ms per call"],
-                       [[k, f"{v['s'] / p['count'] * 1e3:.2f}", f"{v['n'] / p['count']:.1f}",
-                         f"{v['s'] / v['n'] * 1e3:.2f}"] for k, v in top]))
+        top = list(p["by_message"].items())[:6]
+        if top:
+            print(f"\nVPP API time per pod ADD by message ({e}; a pipeline's time is shared by its messages):\n")
+            print(md_table(["message", "ms per pod", "calls per pod", "ms per call"],
+                           [[k, f"{v['s'] / p['count'] * 1e3:.2f}", f"{v['n'] / p['count']:.1f}",
+                             f"{v['s'] / v['n'] * 1e3:.2f}"] for k, v in top]))
 
     m = res.get("messages")
     if m:
         print(f"\n## Messages/s over the API socket: {m['target']}\n")
         base = m["raw_sync"]["per_s"]
         rows = []
-        for key, label in (("raw_sync", "raw vpp_papi, synchronous loop (baseline)"),
+        for key, label in (("raw_sync", "raw vpp_papi VPPApiClient, synchronous loop (baseline)"),
                            ("raw_async", "raw vpp_papi asyncio client, all in flight"),
-                           ("raw_socket_sync", "raw socket + vpp_papi codec, synchronous, direct recv"),
-                           ("raw_socket", "raw socket + vpp_papi codec, window 256, direct recv"),
+                           ("raw_socket_sync", "raw socket + vpp_papi codec, synchronous"),
+                           ("raw_socket", "raw socket + vpp_papi codec, window 256"),
                            ("agent_sync", "agent VppConnection.call, synchronous"),
                            ("agent_pipelined", "agent VppConnection.pipeline (window 256)"),
-                           ("agent_sync_routes", "agent call, ip_route_add_del /32 add+del"),
-                           ("agent_pipelined_routes", "agent pipeline, ip_route_add_del /32 add+del")):
+                           ("agent_sync_routes", "agent call, ip_route_add_del (/32 add+del)"),
+                           ("agent_pipelined_routes", "agent pipeline, ip_route_add_del (/32 add+del)")):
             r = m.get(key)
             if r is None:
                 rows.append([label, "n/a", "-", "-"])
                 continue
             msg = "control_ping" if "routes" not in key else "ip_route_add_del"
             rows.append([label, f"{r['per_s']:,.0f}", f"{r['per_s'] / base:.2f}", f"{r['n']:,} x {msg}"])
-        print(md_table(["client", "msgs/s", "vs raw sync", "messages"], rows))
+        print(md_table(["client", "msgs/s", "vs raw sync", "messages per run"], rows))
+
+    profiled = [(f"{e} {ph}", r[ph]) for e, r in engines.items() for ph in ("pods", "policies") if "profile" in r[ph]]
+    profiled += [(f"services {r['count']}", r["add"]) for r in (svc or {}).get("sizes", []) if "profile" in r["add"]]
+    for name, ph in profiled:
+        print(f"\nProfile, {name} (functions with the most self time):\n")
+        print(md_table(["function", "calls", "self", "cumulative"],
+                       [[f["function"], f"{f['calls']:,}", f"{f['self_s']:.2f} s", f"{f['cum_s']:.2f} s"]
+                        for f in ph["profile"]]))
     for note in res["notes"]:
         print(f"note: {note}")
 
@@ -848,58 +965,113 @@ def print_tables(res: dict[str, Any]) -> None:
 def plot_results(res: dict[str, Any], stem: str, out: str) -> list[Path]:
     engines = res["engines"]
     names = list(engines)
-    panels: list[dict[str, Any]] = [{
-        "title": "programming rate (objects/s)", "ylabel": "per second", "log": True,
-        "groups": ["pods", "policies", "services", "pod DELs"],
-        "series": {e: [engines[e]["pods"]["per_s"], engines[e]["policies"]["per_s"], engines[e]["services"]["per_s"],
-                       engines[e]["removals"]["pods"]["per_s"]] for e in names}}]
-    panels.append({
-        "title": "one pod ADD: where the time goes (ms)", "ylabel": "ms per pod",
-        "groups": ["Linux", "VPP API", "state files", "Python rest"],
-        "series": {e: [engines[e]["pods"][k] / engines[e]["pods"]["count"] * 1e3
-                       for k in ("linux_s", "vpp_api_s", "store_s", "other_s")] for e in names}})
+    panels: list[dict[str, Any]] = []
+    written = []
+    if engines:
+        panels.append({
+            "title": "pods and policies (objects/s)", "ylabel": "per second", "log": True,
+            "groups": ["pod ADDs", "pod DELs", "policies", "policies removed"],
+            "series": {e: [engines[e]["pods"]["per_s"], engines[e]["removals"]["pods"]["per_s"],
+                           engines[e]["policies"]["per_s"], engines[e]["removals"]["policies"]["per_s"]] for e in names}})
+        panels.append({
+            "title": "one pod ADD + endpoint: where the time goes", "ylabel": "ms per pod",
+            "groups": ["Linux", "VPP API", "state files", "Python rest"],
+            "series": {e: [engines[e]["pods"][k] / engines[e]["pods"]["count"] * 1e3
+                           for k in ("linux_s", "vpp_api_s", "store_s", "other_s")] for e in names}})
+    svc = res.get("services")
+    if svc:
+        panels.append({"title": "services (objects/s) by batch size", "ylabel": "per second", "log": True,
+                       "groups": [f"{r['count']:,}" for r in svc["sizes"]],
+                       "series": {"added/s": [r["add"]["per_s"] for r in svc["sizes"]],
+                                  "removed/s": [r["remove"]["per_s"] for r in svc["sizes"]]}})
     m = res.get("messages")
     if m:
-        keys = [("raw_sync", "raw sync"), ("raw_async", "raw asyncio"), ("agent_sync", "agent sync"),
-                ("agent_pipelined", "agent pipelined")]
-        panels.append({"title": "control_ping messages/s", "ylabel": "messages/s", "log": True, "rotation": 15,
+        keys = [("raw_sync", "raw sync"), ("raw_async", "raw asyncio"), ("raw_socket", "raw socket 256"),
+                ("agent_sync", "agent sync"), ("agent_pipelined", "agent pipelined")]
+        panels.append({"title": "control_ping messages/s", "ylabel": "messages/s", "log": True, "rotation": 20,
                        "groups": [label for _, label in keys],
                        "series": {"msgs/s": [m[k]["per_s"] if m.get(k) else None for k, _ in keys]}})
-    path = plot.bar_panels(plot.out_path(f"{stem}.png", out), f"VPP control plane: {res['target']}", panels,
-                           note="; ".join(res["notes"])[:220])
-    return [path] if path else []
+    if panels:
+        path = plot.bar_panels(plot.out_path(f"{stem}.png", out), f"VPP control plane: {res['target']}", panels,
+                               note="; ".join(res["notes"])[:220])
+        if path:
+            written.append(path)
+    if engines:
+        n = max(len(engines[e]["pods"]["add_ms"]) for e in names)
+        series: dict[str, list[float | None]] = {}
+        for e in names:
+            series[f"{e}: CNI ADD"] = list(engines[e]["pods"]["add_ms"])
+            if any(engines[e]["pods"]["af_packet_create_ms"]):
+                series[f"{e}: of which af_packet_create_v3"] = list(engines[e]["pods"]["af_packet_create_ms"])
+        path = plot.line_chart(plot.out_path(f"{stem}-pod-add.png", out), f"CNI ADD latency as pods accumulate: {res['target']}"[:90],
+                               list(range(1, n + 1)), series,
+                               xlabel="pod number (wired one after another)", ylabel="ADD latency (ms)",
+                               note="; ".join(res["notes"])[:200])
+        if path:
+            written.append(path)
+    return written
 
 
 # ---------------------------------------------------------------- main
 
 def quick(a: argparse.Namespace) -> None:
-    a.pods, a.policies, a.services, a.namespaces = min(a.pods, 6), min(a.policies, 10), min(a.services, 10), min(a.namespaces, 3)
+    a.pods, a.policies, a.namespaces, a.single = min(a.pods, 6), min(a.policies, 10), min(a.namespaces, 3), min(a.single, 2)
+    a.services = [min(n, 10) for n in a.services[:1]]
     a.messages, a.sync_messages, a.repeats = min(a.messages, 1000), min(a.sync_messages, 200), 1
+
+
+def memory_guard(pods: int, fake: bool) -> str | None:
+    """Refuse a pod count whose af_packet rings would not fit in this machine's free memory."""
+    if fake:
+        return None
+    need = pods * AF_PACKET_RING_MIB
+    try:
+        avail = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                         if line.startswith("MemAvailable:"))) / 1024
+    except (OSError, StopIteration):
+        return None
+    if need > 0.6 * avail:
+        return (f"{pods} af_packet pods need about {need:,.0f} MiB of VPP memory for their rings "
+                f"({AF_PACKET_RING_MIB} MiB each with VPP's default frame sizes), more than 60 % of the "
+                f"{avail:,.0f} MiB available; use fewer --pods")
+    return None
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pods", type=int, default=100)
+    ap.add_argument("--pods", type=int, default=50, help=f"pods per engine (a real VPP maps ~{AF_PACKET_RING_MIB} MiB per pod)")
     ap.add_argument("--policies", type=int, default=200)
-    ap.add_argument("--services", type=int, default=1000)
+    ap.add_argument("--services", default="100,500", help="comma-separated batch sizes")
+    ap.add_argument("--single", type=int, default=5, help="single services added one at a time after each batch")
     ap.add_argument("--endpoints", type=int, default=3, help="backends per service")
     ap.add_argument("--namespaces", type=int, default=10)
     ap.add_argument("--engines", default=",".join(ENGINES), help=f"of {', '.join(ENGINES)}")
-    ap.add_argument("--messages", type=int, default=20000, help="pipelined/asyncio control_pings per run")
-    ap.add_argument("--sync-messages", type=int, default=3000, help="synchronous control_pings per run")
+    ap.add_argument("--messages", type=int, default=10000, help="pipelined control_pings (and routes) per run")
+    ap.add_argument("--sync-messages", type=int, default=3000, help="synchronous control_pings (and routes) per run")
     ap.add_argument("--repeats", type=int, default=3, help="runs per message rate (median)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to leave out: messages, pods, services")
     ap.add_argument("--quick", action="store_true", help="a tiny scale, seconds (the smoke test)")
     ap.add_argument("--fake", action="store_true", help="use the fake VPP even when $VPP_BIN is set")
-    ap.add_argument("--skip-messages", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="cProfile each phase; print the agent's hottest functions")
+    ap.add_argument("--poll-sleep-usec", type=int, default=100,
+                    help="VPP's unix poll-sleep-usec (0: off), 100 as in the project's test VPPs")
     ap.add_argument("--out", default=str(plot.OUT_DIR))
     ap.add_argument("--tag", default="")
     ap.add_argument("--no-plot", action="store_true")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # unwind (and clean up) like Ctrl-C
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("vppagent.vpp.connection").setLevel(logging.ERROR)   # "VPP lacks optional …" per connect
+    try:
+        a.services = sorted({int(x) for x in a.services.split(",") if x.strip()})
+    except ValueError:
+        ap.error("--services takes comma-separated integers")
     if a.quick:
         quick(a)
+    skip = {x for x in a.skip.split(",") if x}
+    if skip - {"messages", "pods", "services"}:
+        ap.error(f"--skip: unknown part(s) {', '.join(sorted(skip - {'messages', 'pods', 'services'}))}")
     engines = [e for e in a.engines.split(",") if e]
     for e in engines:
         if e not in ENGINES:
@@ -911,13 +1083,16 @@ def main() -> int:
         if os.geteuid() != 0:
             print("vpp_bench with a real VPP needs root (network namespaces, veths)", file=sys.stderr)
             return 2
+    problem = memory_guard(a.pods, fake) if "pods" not in skip else None
+    if problem:
+        ap.error(problem)
     started = time.perf_counter()
 
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     res: dict[str, Any] = {
-        "benchmark": "vpp_control", "fake": fake, "params": {k: v for k, v in vars(a).items() if k not in ("out",)},
+        "benchmark": "vpp_control", "fake": fake, "params": {k: v for k, v in vars(a).items() if k != "out"},
         "host": host_info(), "engines": {}, "notes": [],
     }
     if fake:
@@ -926,12 +1101,20 @@ def main() -> int:
     log(f"target: {'fake VPP' if fake else vpp_bin()}; load average {res['host']['loadavg_start'][0]:.2f}")
     try:
         for n, engine in enumerate(engines):
-            target = Target(f"c{n}", fake, buffers=buffers_for(a.pods))
+            target = Target(f"c{n}", fake, buffers=buffers_for(a.pods), poll_sleep_usec=a.poll_sleep_usec or None)
             try:
                 res["target"] = target.label
-                if n == 0 and not a.skip_messages:
+                if n == 0 and "messages" not in skip:
                     res["messages"] = run_messages(target, a, log)
-                res["engines"][engine] = run_engine(target, engine, a, log)
+                lane = Lane(target, engine, a, profile=a.profile)
+                try:
+                    if "pods" not in skip:
+                        res["engines"][engine] = run_pods_and_policies(lane, log)
+                    if n == 0 and "services" not in skip and a.services:
+                        res["services"] = {"engine": engine, "endpoints": a.endpoints,
+                                           "sizes": run_services(lane, log)}
+                finally:
+                    lane.close()
             finally:
                 target.close()
     finally:
@@ -939,8 +1122,8 @@ def main() -> int:
     res["elapsed_s"] = time.perf_counter() - started
     res["host"]["loadavg_end"] = os.getloadavg()
     res["notes"].append(load_note(res["host"]))
-    if not fake:
-        res["notes"].append(f"VPP buffers-per-numa {buffers_for(a.pods)} (af_packet pods hold 256 each; the "
+    if not fake and "pods" not in skip:
+        res["notes"].append(f"VPP buffers-per-numa {buffers_for(a.pods):,} (an af_packet pod holds 256; the "
                             "default 16,384 admits 56 pods)")
     print_tables(res)
     stem = "vpp_control" + (f"-{a.tag}" if a.tag else "")
