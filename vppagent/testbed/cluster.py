@@ -8,6 +8,8 @@
         c.wait_for_route(c.nodes[0], db)                     # every node routes to db's block
         assert c.nodes[1].reachable(web, db, 5432)
 
+    Cluster(nodes=3, dataplane=["vpp", "vpp", "nftables"])  # a dataplane per node: VPP and Linux mixed
+
 Underlays: ``"l2"`` (one bridge: the nodes share a subnet, so plain routes
 via a node's address work) or ``"routed"`` (each node on its own subnet
 behind a router netns that knows nothing of pod addresses: only the VXLAN
@@ -16,6 +18,15 @@ a subprocess in the caller's netns and agents reach it over its unix
 socket. ``datastore`` is the shared :class:`DatastoreWriter` (a file
 directory by default); tests that bring their own (Kubernetes, etcd) pass
 ``writer`` and the matching ``sync_args``.
+
+A ``"vpp"`` node (needs ``$VPP_BIN``) runs VPP under ``vppagent vpp run``
+with the node's underlay veth as its af_packet uplink: VPP holds the node's
+underlay address and routes, Linux keeps them on a veth host interface
+through VPP (``vppagent.testbed.vpp_node``), and the agent runs
+``dataplane: {type: vpp, podInterface: af_packet}``. ``routes_of`` reads
+such a node's routes from VPP's FIB; ``vpp_of(node)`` gives its VPP.
+``vpp`` holds ``VppRuntime`` options for every VPP node (``heap_size``, ``buffers``,
+``poll_sleep_usec``, ``binary``, ...).
 """
 
 from __future__ import annotations
@@ -27,7 +38,8 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Sequence
 
 from vppagent.testbed.agent import AgentRunner
 from vppagent.testbed.cni import Pod
@@ -35,18 +47,25 @@ from vppagent.testbed.datastore import DatastoreWriter, FileDatastore
 from vppagent.testbed.netns import Namespaces, run
 from vppagent.testbed.node import Node
 from vppagent.testbed.registry import Record, reap_stale
+from vppagent.testbed.vpp_node import VppRuntime, reap_orphans
 
 POD_POOL = "10.66.0.0/16"
 
 
 class Cluster:
-    def __init__(self, nodes: int = 3, dataplane: str = "nftables", *, encap: str = "none",
+    def __init__(self, nodes: int = 3, dataplane: str | Sequence[str] = "nftables", *, encap: str = "none",
                  underlay: str = "l2", writer: DatastoreWriter | None = None,
                  sync_args: Sequence[str] | None = None, pool: str = POD_POOL, block_size: int = 26,
-                 poll_interval: float = 0.05, log_level: str = "info", start: bool = True) -> None:
+                 poll_interval: float = 0.05, log_level: str = "info", start: bool = True,
+                 vpp: dict[str, Any] | None = None) -> None:
         if encap not in ("none", "vxlan") or underlay not in ("l2", "routed"):
             raise ValueError("encap is none|vxlan, underlay is l2|routed")
+        self.dataplanes = [dataplane] * nodes if isinstance(dataplane, str) else list(dataplane)
+        if len(self.dataplanes) != nodes:
+            raise ValueError(f"{nodes} nodes but {len(self.dataplanes)} dataplanes")
         reap_stale()
+        if "vpp" in self.dataplanes:
+            reap_orphans()
         self.token = f"k{os.getpid() % 1000:03d}{secrets.token_hex(2)}"
         self.tmp = Path(tempfile.mkdtemp(prefix=f"vppagent-{self.token}-"))
         self.dataplane, self.encap, self.underlay = dataplane, encap, underlay
@@ -57,6 +76,8 @@ class Cluster:
         self.socket = str(self.tmp / "sync.sock")
         self.underlay_netns = f"{self.token}-ul"
         self.nodes: list[Node] = []
+        self.vpp_options = dict(vpp or {})
+        self._vpp: dict[str, VppRuntime] = {}          # node name -> its VPP (VPP nodes only)
         self._record = Record(self.token, os.getpid(), str(self.tmp))
         self._ns = Namespaces(on_change=self._record_netns)
         args = list(sync_args) if sync_args is not None else [
@@ -103,12 +124,25 @@ class Cluster:
                      "vxlanMode": "Always" if self.encap == "vxlan" else "Never"}}])
         for i in range(count):
             addr = self.node_address(i)
-            node = Node(self.dataplane, node_name=f"{self.token}-n{i}", datastore=self.datastore,
+            config: dict[str, Any] = {"datastore": {"type": "sync", "address": f"unix://{self.socket}"}}
+            runtime = self._vpp_runtime(i) if self.dataplanes[i] == "vpp" else None
+            if runtime is not None:
+                config["vpp"] = runtime.vpp_section()
+                config["dataplane"] = runtime.dataplane_section()
+            node = Node(self.dataplanes[i], node_name=f"{self.token}-n{i}", datastore=self.datastore,
                         node_address=addr, start=False, poll_interval=self.poll_interval,
-                        log_level=self.log_level, pools=(self.pool,),
-                        config={"datastore": {"type": "sync", "address": f"unix://{self.socket}"}})
+                        log_level=self.log_level, pools=(self.pool,), config=config)
             self.nodes.append(node)
+            if runtime is not None:
+                self._vpp[node.name] = runtime
             self._wire_underlay(i, node)
+
+    def _vpp_runtime(self, i: int) -> VppRuntime:
+        """Node ``i``'s VPP: its own run dir and netns (tracked here, so a killed testbed's
+        netns is reaped too; the manager takes over an existing empty one)."""
+        vpp_netns = self._ns.add(f"{self.token}-v{i}")
+        options = {"encap_overhead": 50 if self.encap == "vxlan" else 0, **self.vpp_options}
+        return VppRuntime(f"{self.token}u", self.tmp / f"vpp{i}", vpp_netns, **options)
 
     def _wire_underlay(self, i: int, node: Node) -> None:
         ul, dev, peer = self.underlay_netns, f"{self.token}u", f"{self.token}u{i}"
@@ -127,8 +161,29 @@ class Cluster:
 
     def start(self, timeout: float = 60.0) -> None:
         self.start_sync(timeout)
+        self.start_vpps(timeout)
         for node in self.nodes:
             node.start_agent(timeout)
+
+    def start_vpps(self, timeout: float = 60.0) -> None:
+        """Start every VPP node's manager, then wait for all of them (VPPs boot in parallel)."""
+        for node in self.nodes:
+            runtime = self._vpp.get(node.name)
+            if runtime is not None:
+                runtime.start(node.netns, node.config_path)
+        self._each_vpp(lambda runtime: runtime.wait_ready(timeout))
+
+    def stop_vpps(self) -> None:
+        """Stop every VPP (each manager gives its uplink back to Linux); never raises."""
+        self._each_vpp(lambda runtime: runtime.stop())
+
+    def _each_vpp(self, fn: Callable[[VppRuntime], Any]) -> None:
+        runtimes = list(self._vpp.values())
+        if not runtimes:
+            return
+        with ThreadPoolExecutor(len(runtimes)) as pool:
+            for future in [pool.submit(fn, r) for r in runtimes]:
+                future.result()
 
     def start_sync(self, timeout: float = 30.0) -> None:
         self.sync.start(timeout)
@@ -143,6 +198,12 @@ class Cluster:
         if self._closed:
             return
         self._closed = True
+        for node in self.nodes:
+            if node.name in self._vpp:
+                with contextlib.suppress(Exception):
+                    node.kill_agent()
+        with contextlib.suppress(Exception):
+            self.stop_vpps()                # before the node netns go: the uplinks come back first
         for node in self.nodes:
             with contextlib.suppress(Exception):
                 node.close()
@@ -166,8 +227,16 @@ class Cluster:
     def remove(self, name: str) -> None:
         self.datastore.remove(name)
 
+    def vpp_of(self, node: Node) -> VppRuntime | None:
+        """The VPP of a VPP node (None for a Linux node)."""
+        return self._vpp.get(node.name)
+
     def routes_of(self, node: Node) -> list[str]:
-        """The kernel routes of a node netns (``ip route`` lines)."""
+        """The routes of a node: its netns's kernel routes (``ip route`` lines), or for a VPP
+        node the routes with a next hop in VPP's table 0 (``<prefix> via <nh> dev <if>``)."""
+        runtime = self._vpp.get(node.name)
+        if runtime is not None:
+            return runtime.routes()
         return run(["ip", "-n", node.netns, "route", "show"]).stdout.splitlines()
 
     def wait_for(self, cond: Any, timeout: float = 20.0, what: str = "condition") -> Any:
@@ -178,6 +247,7 @@ class Cluster:
                 return value
             time.sleep(0.02)
         logs = "\n".join(f"--- {n.name}:\n{n.agent_log()[-1500:]}" for n in self.nodes)
+        logs += "".join(f"\n--- VPP of {name}:\n{r.diag(1000)}" for name, r in self._vpp.items())
         raise AssertionError(f"timed out waiting for {what}\n--- sync:\n{self.sync.log_text()[-1500:]}\n{logs}")
 
     def wait_for_route(self, node: Node, pod: Pod, timeout: float = 20.0) -> None:
