@@ -43,6 +43,9 @@ perf: setup
 	$(PY) perf/cni_bench.py
 	$(PY) perf/linux_control_bench.py
 	$(PY) perf/linux_dataplane_bench.py
+	$(PY) perf/sync_bench.py
+	$(PY) perf/vpp_bench.py
+	$(PY) perf/vpp_dataplane_bench.py
 
 clean:
 	rm -rf $(VENV) vppagent/api/gen build *.egg-info
