@@ -71,6 +71,7 @@ class Agent:
 
             ds = config.datastore
             self.sync_client = SyncClient(ds.address, config.node_name, ds.tls)
+            self.sync_client.on_item = self._wake
             self.ipam = RemoteIPAM(self.sync_client.channel, config.node_name)
         else:
             self.source = create_source(config.datastore, config.datastore_path, config.poll_interval)
@@ -98,6 +99,10 @@ class Agent:
         fut: concurrent.futures.Future = concurrent.futures.Future()
         self._work.put((fn, fut))
         return fut.result(timeout=timeout)
+
+    def _wake(self) -> None:
+        """Wake the owner loop (it waits on the work queue) so new sync items apply at once."""
+        self._work.put((lambda: None, concurrent.futures.Future()))
 
     def _drain_work(self, wait: float) -> None:
         try:

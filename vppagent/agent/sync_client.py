@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import grpc
 
@@ -60,6 +60,8 @@ class SyncClient:
         self.server_ready = False       # the sync layer reports SERVING
         self.snapshots = 0
         self.last_sequence: int | None = None
+        #: Called (from the client's threads) after each item is queued: lets the owner loop wake up.
+        self.on_item: Callable[[], None] = lambda: None
 
     @property
     def ready(self) -> bool:
@@ -94,10 +96,14 @@ class SyncClient:
 
     # ------------------------------------------------------------ threads
 
+    def _put(self, item: SyncItem) -> None:
+        self._queue.put(item)
+        self.on_item()
+
     def _set_connected(self, up: bool, detail: str) -> None:
         if up != self.connected:
             self.connected = up
-            self._queue.put(SourceStatus(up, detail))
+            self._put(SourceStatus(up, detail))
 
     def _follow(self) -> None:
         g = gen_modules()
@@ -147,11 +153,11 @@ class SyncClient:
                 self._snapshot_done(snapshot)     # a live update ends a snapshot taken before in-sync
                 snapshot = None
             self.last_sequence = msg.sequence
-            self._queue.put([update])
+            self._put([update])
 
     def _snapshot_done(self, snapshot: DataplaneState) -> None:
         self.snapshots += 1
-        self._queue.put(snapshot)
+        self._put(snapshot)
 
     def _watch_health(self) -> None:
         g = gen_modules()
@@ -164,6 +170,6 @@ class SyncClient:
                 ready = False
             if ready != self.server_ready:
                 self.server_ready = ready
-                self._queue.put(SourceStatus(self.connected, "sync layer ready" if ready
+                self._put(SourceStatus(self.connected, "sync layer ready" if ready
                                              else "sync layer not ready (datastore unreachable?)"))
             self._stop.wait(self._health_interval)

@@ -61,6 +61,11 @@ class NodeView:
         self._profile_sets: dict[str, frozenset[str]] = {}
         self._routes: set[str] = set()
         self._sent_sets: set[str] = set()
+        # Ids whose reference count moved in the batch being translated: only these are looked at,
+        # so a change costs what it touches, not what the node holds.
+        self._touched_policies: set[PolicyID] = set()
+        self._touched_profiles: set[str] = set()
+        self._touched_sets: set[str] = set()
 
     # ------------------------------------------------------------ references
 
@@ -69,29 +74,36 @@ class NodeView:
         if old is not None:
             self._policy_refs.subtract(old[0])
             self._profile_refs.subtract(old[1])
+            self._touched_policies.update(old[0])
+            self._touched_profiles.update(old[1])
         if info is not None:
             refs = endpoint_refs(info)
             self._endpoints[key] = refs
             self._policy_refs.update(refs[0])
             self._profile_refs.update(refs[1])
+            self._touched_policies.update(refs[0])
+            self._touched_profiles.update(refs[1])
 
     def _set_contribution(self, table: dict, key: object, sets: frozenset[str] | None) -> None:
         old = table.pop(key, None)
         if old:
             self._set_refs.subtract(old)
+            self._touched_sets.update(old)
         if sets is not None:
             table[key] = sets
             self._set_refs.update(sets)
+            self._touched_sets.update(sets)
 
     @staticmethod
-    def _live(counter: Counter) -> set:
-        return {k for k, n in counter.items() if n > 0}
+    def _prune(counter: Counter, keys: Iterable) -> None:
+        for k in keys:
+            if counter.get(k, 0) <= 0:
+                counter.pop(k, None)
 
     # ------------------------------------------------------------ translation
 
     def translate(self, batch: Sequence[Update], state: DataplaneState) -> list[Update]:
-        old_policies = self._live(self._policy_refs)
-        old_profiles = self._live(self._profile_refs)
+        self._touched_policies, self._touched_profiles, self._touched_sets = set(), set(), set()
         changed_policies: set[PolicyID] = set()
         changed_profiles: set[str] = set()
         raw_sets: dict[str, list[Update]] = {}
@@ -142,51 +154,47 @@ class NodeView:
                 case _:
                     raise TypeError(f"not an update: {u!r}")
 
-        new_policies = self._live(self._policy_refs)
-        new_profiles = self._live(self._profile_refs)
         policy_adds: list[Update] = []
-        for pid in sorted(new_policies, key=lambda p: (p.tier, p.name)):
-            rendered = state.policies.get(pid)
-            if rendered is None:
-                continue                      # not calculated (yet); an endpoint names it anyway
-            if pid not in old_policies or pid in changed_policies or pid not in self._policy_sets:
-                self._set_contribution(self._policy_sets, pid,
-                                       rule_sets((*rendered.inbound_rules, *rendered.outbound_rules)))
-                policy_adds.append(PolicyUpdate(pid, rendered))
         policy_removes: list[Update] = []
-        for pid in sorted(set(self._policy_sets) - {p for p in new_policies if p in state.policies},
-                          key=lambda p: (p.tier, p.name)):
-            self._set_contribution(self._policy_sets, pid, None)
-            policy_removes.append(PolicyRemove(pid))
+        for pid in sorted(self._touched_policies | changed_policies, key=lambda p: (p.tier, p.name)):
+            rendered = state.policies.get(pid) if self._policy_refs.get(pid, 0) > 0 else None
+            if rendered is not None:
+                if pid in changed_policies or pid not in self._policy_sets:
+                    self._set_contribution(self._policy_sets, pid,
+                                           rule_sets((*rendered.inbound_rules, *rendered.outbound_rules)))
+                    policy_adds.append(PolicyUpdate(pid, rendered))
+            elif pid in self._policy_sets:       # no longer needed here, or gone
+                self._set_contribution(self._policy_sets, pid, None)
+                policy_removes.append(PolicyRemove(pid))
         profile_adds: list[Update] = []
-        for name in sorted(new_profiles):
-            prof = state.profiles.get(name)
-            if prof is None:
-                continue
-            if name not in old_profiles or name in changed_profiles or name not in self._profile_sets:
-                self._set_contribution(self._profile_sets, name,
-                                       rule_sets((*prof.inbound_rules, *prof.outbound_rules)))
-                profile_adds.append(prof)
         profile_removes: list[Update] = []
-        for name in sorted(set(self._profile_sets) - {p for p in new_profiles if p in state.profiles}):
-            self._set_contribution(self._profile_sets, name, None)
-            profile_removes.append(ProfileRemove(name))
-
-        new_sets = self._live(self._set_refs)
+        for name in sorted(self._touched_profiles | changed_profiles):
+            prof = state.profiles.get(name) if self._profile_refs.get(name, 0) > 0 else None
+            if prof is not None:
+                if name in changed_profiles or name not in self._profile_sets:
+                    self._set_contribution(self._profile_sets, name,
+                                           rule_sets((*prof.inbound_rules, *prof.outbound_rules)))
+                    profile_adds.append(prof)
+            elif name in self._profile_sets:
+                self._set_contribution(self._profile_sets, name, None)
+                profile_removes.append(ProfileRemove(name))
         set_adds: list[Update] = []
-        for sid in sorted(new_sets):
-            current = state.ipsets.get(sid)
-            if current is None:
-                continue
-            raw = raw_sets.get(sid)
-            if sid not in self._sent_sets or (raw and any(isinstance(r, IPSetRemove) for r in raw)):
-                set_adds.append(IPSetUpdate(sid, current[0], current[1]))
-                self._sent_sets.add(sid)
-            elif raw:
-                set_adds.extend(raw)
-        gone = {sid for sid in self._sent_sets if sid not in new_sets or sid not in state.ipsets}
-        self._sent_sets -= gone
-        set_removes: list[Update] = [IPSetRemove(sid) for sid in sorted(gone)]
+        set_removes: list[Update] = []
+        for sid in sorted(self._touched_sets | raw_sets.keys()):
+            current = state.ipsets.get(sid) if self._set_refs.get(sid, 0) > 0 else None
+            if current is not None:
+                raw = raw_sets.get(sid)
+                if sid not in self._sent_sets or (raw and any(isinstance(r, IPSetRemove) for r in raw)):
+                    set_adds.append(IPSetUpdate(sid, current[0], current[1]))
+                    self._sent_sets.add(sid)
+                elif raw:
+                    set_adds.extend(raw)
+            elif sid in self._sent_sets:
+                self._sent_sets.discard(sid)
+                set_removes.append(IPSetRemove(sid))
+        self._prune(self._policy_refs, self._touched_policies)
+        self._prune(self._profile_refs, self._touched_profiles)
+        self._prune(self._set_refs, self._touched_sets)
         out = set_adds + policy_adds + profile_adds + other_adds + endpoint_adds
         out += endpoint_removes + other_removes + profile_removes + policy_removes + set_removes
         if in_sync:

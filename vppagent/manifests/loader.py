@@ -69,6 +69,13 @@ def manifest_files(path: Path) -> list[Path]:
     return [path]
 
 
+# libyaml's parser when PyYAML was built with it: ~7x faster than the pure-Python one.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+FileKey = tuple[int, int, int]
+LoadCache = dict[str, tuple[FileKey, "LoadResult"]]
+
+
 def read_documents(path: Path, label: str | None = None) -> Iterator[Document]:
     """Every non-empty YAML document of one file."""
     name = label or path.name
@@ -77,7 +84,7 @@ def read_documents(path: Path, label: str | None = None) -> Iterator[Document]:
     except OSError as exc:
         raise ValidationError("", f"cannot read: {exc.strerror}", name) from None
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = list(yaml.load_all(text, Loader=_YAML_LOADER))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
@@ -101,23 +108,50 @@ def parse_documents(docs: Iterable[Document]) -> LoadResult:
     return result
 
 
-def load_path(path: str | Path) -> LoadResult:
-    """Load every manifest below ``path``; YAML syntax errors are reported per file."""
+def _load_file(file: Path, label: str) -> LoadResult:
+    try:
+        docs = list(read_documents(file, label))
+    except ValidationError as exc:
+        return LoadResult(errors=[exc])
+    return parse_documents(docs)
+
+
+def load_path(path: str | Path, cache: LoadCache | None = None) -> LoadResult:
+    """Load every manifest below ``path``; YAML syntax errors are reported per file.
+
+    With ``cache`` (kept by the caller between calls), a file whose inode,
+    size and mtime are unchanged is not read or parsed again: one changed
+    file in a big datastore costs that file, not the whole directory.
+    """
     root = Path(path)
     if not root.exists():
         raise ValidationError("", "no such file or directory", str(root))
     result = LoadResult()
+    seen: set[str] = set()
     for file in manifest_files(root):
         label = str(file.relative_to(root)) if root.is_dir() else file.name
-        try:
-            docs = list(read_documents(file, label))
-        except ValidationError as exc:
-            result.errors.append(exc)
-            continue
-        part = parse_documents(docs)
+        part: LoadResult | None = None
+        if cache is not None:
+            try:
+                st = file.stat()
+            except OSError:
+                continue
+            key = (st.st_ino, st.st_size, st.st_mtime_ns)
+            seen.add(label)
+            hit = cache.get(label)
+            if hit is not None and hit[0] == key:
+                part = hit[1]
+            else:
+                part = _load_file(file, label)
+                cache[label] = (key, part)
+        if part is None:
+            part = _load_file(file, label)
         result.resources.extend(part.resources)
         result.errors.extend(part.errors)
         result.sources.update(part.sources)
+    if cache is not None:
+        for gone in cache.keys() - seen:
+            del cache[gone]
     return result
 
 

@@ -34,6 +34,7 @@ class FileSource:
     errors: list[ValidationError] = field(default_factory=list)
     synced: bool = False
     _last_check: float = -1e9
+    _parsed: dict = field(default_factory=dict)      # per-file parse cache (see load_path)
     _closed: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
@@ -81,7 +82,7 @@ class FileSource:
         if not self.path.exists():
             self.errors = [ValidationError("", "no such file or directory", str(self.path))]
             return [] if self.synced else self._mark_synced([])
-        result = load_path(self.path)
+        result = load_path(self.path, cache=self._parsed)
         by_source = dict(result.sources)
         failed_sources = {e.source for e in result.errors}
         for source in failed_sources:

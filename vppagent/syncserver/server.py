@@ -128,11 +128,10 @@ class SyncServer:
         """Apply source events and publish the resulting per-node updates."""
         started = time.monotonic()
         resources: list[SourceEvent] = []
+        now_in_sync = False
         for ev in events:
             if isinstance(ev, SourceInSync):
-                if not self.in_sync:
-                    self.in_sync = True
-                    self.events.publish("datastore", "in-sync", self.source.name)
+                now_in_sync = not self.in_sync
             elif isinstance(ev, SourceStatus):
                 self.connected = ev.connected
                 self.events.publish("datastore", "connected" if ev.connected else "disconnected", ev.detail)
@@ -147,15 +146,20 @@ class SyncServer:
             else:
                 resources.append(ev)
         self._apply(self.addresses.rewrite(resources))
+        if now_in_sync:        # ready only once the complete state is calculated and published
+            self.in_sync = True
+            self.events.publish("datastore", "in-sync", self.source.name)
         self._flush(started)
 
     def _flush(self, started: float | None = None) -> None:
         updates: list[Update] = self.graph.flush()
-        if self.in_sync and not self._in_sync_sent:
+        send_in_sync = self.in_sync and not self._in_sync_sent
+        if send_in_sync:
             updates.append(InSync())
-            self._in_sync_sent = True
         if updates:
             self.fanout.publish(updates)
+        if send_in_sync:
+            self._in_sync_sent = True
             for u in updates:
                 self.metrics.updates_applied.labels(type(u).__name__).inc()
             if started is not None:
@@ -207,7 +211,7 @@ class SyncServer:
         return sub
 
     def ready(self) -> bool:
-        return self.state == "running" and self.in_sync and self.connected
+        return self.state == "running" and self._in_sync_sent and self.connected
 
     def status(self) -> dict[str, Any]:
         self.metrics.ready.set(1 if self.ready() else 0)
