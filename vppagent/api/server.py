@@ -76,6 +76,27 @@ class TLSConfig:
 
 # ---------------------------------------------------------------- Dataplane
 
+_PROTO_CACHE: dict[int, tuple[Any, Any]] = {}
+_PROTO_CACHE_MAX = 16384
+
+
+def _update_proto(update: Any) -> Any:
+    """``update_to_proto``, converted once however many streams carry the same update.
+
+    The sync layer hands the same update object to many nodes' streams; the
+    cache keeps the object itself beside its message, so an id is never
+    mistaken for a later object's.
+    """
+    hit = _PROTO_CACHE.get(id(update))
+    if hit is not None and hit[0] is update:
+        return hit[1]
+    msg = update_to_proto(update)
+    if len(_PROTO_CACHE) >= _PROTO_CACHE_MAX:
+        _PROTO_CACHE.clear()
+    _PROTO_CACHE[id(update)] = (update, msg)
+    return msg
+
+
 class DataplaneService(pb_grpc.DataplaneServicer):
     def __init__(self, backend: AgentBackend, poll_interval: float = _POLL) -> None:
         self.backend = backend
@@ -163,7 +184,7 @@ class DataplaneService(pb_grpc.DataplaneServicer):
                     continue
                 for item in items:
                     yield pb.SyncMessage(
-                        sequence=item.sequence, update=update_to_proto(item.update), resync=item.resync)
+                        sequence=item.sequence, update=_update_proto(item.update), resync=item.resync)
         finally:
             sub.close()
             log.info("sync stream of %s closed (overflows: %d)", name, sub.overflows)
