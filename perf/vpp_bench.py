@@ -34,7 +34,7 @@ in this process, fed by CalcGraph:
     sudo -E .venv/bin/python perf/vpp_bench.py [--pods 50] [--policies 200] [--services 100,500]
         [--single 5] [--endpoints 3] [--engines npol,acl] [--messages 10000] [--sync-messages 3000]
         [--repeats 3] [--skip messages,pods,services] [--poll-sleep-usec 100] [--quick] [--fake] [--profile]
-        [--out perf/out] [--tag NAME] [--no-plot]
+        [--af-packet-ring vpp|RX_FRAME,RX_FRAMES,TX_FRAME,TX_FRAMES] [--out perf/out] [--tag NAME] [--no-plot]
 
 Writes perf/out/vpp_control[-TAG].json, .png and -pod-add.png. A real VPP needs
 root. Every VPP, netns and veth this run makes is removed at the end, also
@@ -75,9 +75,10 @@ ENGINES = ("npol", "acl")
 PLUGINS = ("af_packet", "tap", "memif", "acl", "cnat", "npol", "ping")
 # Everything this run creates is named vpb<TOKEN>…, so parallel runs (and other people's VPPs) never collide.
 TOKEN = f"{os.getpid() % 100000:x}{secrets.token_hex(2)}"
-# VPP 26.10's af_packet ring defaults (the agent passes no sizes): TX one block of 1,024 frames x 66 KiB,
-# RX 160 blocks of 32 x 2 KiB, all mapped into VPP: ~78 MiB of RSS per pod, measured.
-AF_PACKET_RING_MIB = 80
+# What VPP maps for one af_packet pod besides its rings (interface, queues), measured: ~2 MiB. The rings
+# themselves come from the dataplane's afPacketRing (~14 MiB by default; ~76 MiB with VPP's own defaults,
+# --af-packet-ring vpp, which the agent used before it passed sizes).
+AF_PACKET_EXTRA_MIB = 2
 FAKE_LABEL = "FAKE VPP (vppagent/vpp/fake.py: no real VPP, no socket; measures the agent's Python only)"
 
 
@@ -287,9 +288,10 @@ class Target:
     """One VPP to program: a real process (``VppProcess``) or the fake, behind one interface."""
 
     def __init__(self, tag: str, fake: bool, *, buffers: int = 16384, poll_sleep_usec: int | None = 100,
-                 main_core: int | None = None) -> None:
+                 main_core: int | None = None, af_packet_ring: Any = None) -> None:
         self.fake = fake
         self.buffers = buffers
+        self.af_packet_ring = af_packet_ring      # None: the dataplane's default
         self.tag = tag
         self.state_dir = Path(tempfile.mkdtemp(prefix=f"vpb{TOKEN}{tag}-state-"))
         REGISTRY.dirs.add(str(self.state_dir))
@@ -341,6 +343,8 @@ class Target:
     def dataplane(self, engine: str, **extra: Any) -> Any:
         from vppagent.dataplane.vpp import VppConfig, VppDataplane
         from vppagent.dataplane.vpp.config import BufferAdmission
+        if self.af_packet_ring is not None:
+            extra.setdefault("af_packet_ring", self.af_packet_ring)
         cfg = VppConfig(socket=self.socket, pod_interface="af_packet", policy=engine, vpp_netns=self.vpp_netns,
                         state_dir=str(self.state_dir / engine), refresh_interval=None, node_name=NODE,
                         client_name=f"vpb-{TOKEN}-{engine}", timeout=30.0,
@@ -425,7 +429,8 @@ class TimeSplit:
 
     def snapshot(self) -> dict[str, float]:
         stats = self.dp.conn.stats
-        return {**self.acc, "messages": stats["messages"], "round_trips": stats["round_trips"]}
+        return {**self.acc, "messages": stats["messages"], "round_trips": stats["round_trips"],
+                "store_writes": getattr(self.dp.store, "writes", 0)}
 
     @contextlib.contextmanager
     def phase(self, out: dict[str, Any], calc_s: float = 0.0) -> Iterator[None]:
@@ -442,7 +447,8 @@ class TimeSplit:
         out["by_message"] = {k: {"s": t, "n": c} for k, (t, c) in sorted(by.items(), key=lambda kv: -kv[1][0]) if c}
         out.update(wall_s=wall, linux_s=d["linux"], vpp_api_s=d["vpp_api"], store_s=d["store"],
                    other_s=max(0.0, wall - d["linux"] - d["vpp_api"] - d["store"]),
-                   messages=int(d["messages"]), round_trips=int(d["round_trips"]))
+                   messages=int(d["messages"]), round_trips=int(d["round_trips"]),
+                   store_writes=int(d["store_writes"]))
 
 
 # ---------------------------------------------------------------- one engine: pods, policies, services
@@ -881,6 +887,7 @@ def print_tables(res: dict[str, Any]) -> None:
         row("  endpoint update p50", lambda r: f"{r['pods']['wep_p50_ms']:.1f} ms")
         row("  VPP messages / round trips per pod",
             lambda r: f"{r['pods']['messages'] / r['pods']['count']:.1f} / {r['pods']['round_trips'] / r['pods']['count']:.1f}")
+        row("  state files written per pod", lambda r: f"{r['pods'].get('store_writes', 0) / r['pods']['count']:.1f}")
         if p0["pods"].get("vpp_rss_after_mib") is not None:
             row("  VPP RSS per pod", lambda r: f"{(r['pods']['vpp_rss_after_mib'] - r['pods']['vpp_rss_before_mib']) / r['pods']['count']:.1f} MiB")
         pol = p0["policies"]
@@ -1020,11 +1027,31 @@ def quick(a: argparse.Namespace) -> None:
     a.messages, a.sync_messages, a.repeats = min(a.messages, 1000), min(a.sync_messages, 200), 1
 
 
-def memory_guard(pods: int, fake: bool) -> str | None:
+def parse_ring(text: str) -> Any:
+    """``--af-packet-ring``: "" (the dataplane's default), "vpp" (VPP's own sizes, as the agent
+    passed none before) or "RX_FRAME,RX_FRAMES_PER_BLOCK,TX_FRAME,TX_FRAMES_PER_BLOCK"."""
+    from vppagent.dataplane.vpp.config import AfPacketRing
+    if not text:
+        return AfPacketRing()
+    if text == "vpp":
+        return AfPacketRing(0, 0, 0, 0)
+    ring = AfPacketRing(*(int(x) for x in text.split(",")))
+    problems = ring.problems(1500)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return ring
+
+
+def ring_mib(ring: Any) -> float:
+    return ring.ring_bytes() / (1 << 20) + AF_PACKET_EXTRA_MIB
+
+
+def memory_guard(pods: int, fake: bool, ring: Any) -> str | None:
     """Refuse a pod count whose af_packet rings would not fit in this machine's free memory."""
     if fake:
         return None
-    need = pods * AF_PACKET_RING_MIB
+    per_pod = ring_mib(ring)
+    need = pods * per_pod
     try:
         avail = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
                          if line.startswith("MemAvailable:"))) / 1024
@@ -1032,14 +1059,15 @@ def memory_guard(pods: int, fake: bool) -> str | None:
         return None
     if need > 0.6 * avail:
         return (f"{pods} af_packet pods need about {need:,.0f} MiB of VPP memory for their rings "
-                f"({AF_PACKET_RING_MIB} MiB each with VPP's default frame sizes), more than 60 % of the "
-                f"{avail:,.0f} MiB available; use fewer --pods")
+                f"({per_pod:.0f} MiB each with --af-packet-ring), more than 60 % of the "
+                f"{avail:,.0f} MiB available; use fewer --pods or smaller rings")
     return None
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pods", type=int, default=50, help=f"pods per engine (a real VPP maps ~{AF_PACKET_RING_MIB} MiB per pod)")
+    ap.add_argument("--pods", type=int, default=50, help="pods per engine (a real VPP maps ~16 MiB per pod, "
+                    "~78 MiB with --af-packet-ring vpp)")
     ap.add_argument("--policies", type=int, default=200)
     ap.add_argument("--services", default="100,500", help="comma-separated batch sizes")
     ap.add_argument("--single", type=int, default=5, help="single services added one at a time after each batch")
@@ -1052,6 +1080,9 @@ def main() -> int:
     ap.add_argument("--skip", default="", help="comma-separated parts to leave out: messages, pods, services")
     ap.add_argument("--quick", action="store_true", help="a tiny scale, seconds (the smoke test)")
     ap.add_argument("--fake", action="store_true", help="use the fake VPP even when $VPP_BIN is set")
+    ap.add_argument("--af-packet-ring", default="",
+                    help='af_packet pods\' ring sizes: "" the dataplane\'s default, "vpp" VPP\'s own (what the '
+                         'agent used before passing sizes) or RX_FRAME,RX_FRAMES_PER_BLOCK,TX_FRAME,TX_FRAMES_PER_BLOCK')
     ap.add_argument("--profile", action="store_true", help="cProfile each phase; print the agent's hottest functions")
     ap.add_argument("--poll-sleep-usec", type=int, default=100,
                     help="VPP's unix poll-sleep-usec (0: off), 100 as in the project's test VPPs")
@@ -1083,7 +1114,11 @@ def main() -> int:
         if os.geteuid() != 0:
             print("vpp_bench with a real VPP needs root (network namespaces, veths)", file=sys.stderr)
             return 2
-    problem = memory_guard(a.pods, fake) if "pods" not in skip else None
+    try:
+        ring = parse_ring(a.af_packet_ring)
+    except (ValueError, TypeError) as e:
+        ap.error(f"--af-packet-ring: {e}")
+    problem = memory_guard(a.pods, fake, ring) if "pods" not in skip else None
     if problem:
         ap.error(problem)
     started = time.perf_counter()
@@ -1101,7 +1136,8 @@ def main() -> int:
     log(f"target: {'fake VPP' if fake else vpp_bin()}; load average {res['host']['loadavg_start'][0]:.2f}")
     try:
         for n, engine in enumerate(engines):
-            target = Target(f"c{n}", fake, buffers=buffers_for(a.pods), poll_sleep_usec=a.poll_sleep_usec or None)
+            target = Target(f"c{n}", fake, buffers=buffers_for(a.pods), poll_sleep_usec=a.poll_sleep_usec or None,
+                            af_packet_ring=ring)
             try:
                 res["target"] = target.label
                 if n == 0 and "messages" not in skip:

@@ -23,7 +23,8 @@ one ``iperf3 -c`` TCP stream of --seconds.
 
     sudo VPP_BIN=... VPP_PLUGIN_PATH=... .venv/bin/python perf/vpp_dataplane_bench.py
         [--rules 0,10000] [--rules-per-policy 10] [--engines npol,acl] [--seconds 3] [--repeats 3]
-        [--poll-sleep-usec 0] [--quick] [--out perf/out] [--tag NAME] [--no-plot]
+        [--poll-sleep-usec 0] [--af-packet-ring vpp|RX_FRAME,RX_FRAMES,TX_FRAME,TX_FRAMES] [--quick]
+        [--out perf/out] [--tag NAME] [--no-plot]
 
 Writes perf/out/vpp_dataplane[-TAG].json and .png. Every VPP, netns, veth and iperf3 this run
 starts is removed at the end, also after a failure, Ctrl-C or SIGTERM.
@@ -56,6 +57,8 @@ from linux_dataplane_bench import CLIENT_IP, CLOSED_PORT, IPERF_PORT, NAMESPACE,
 
 CLUSTER_IP, SERVICE_PORT = "10.96.0.10", 80
 PATHS = ("pod", "service")
+AF_PACKET_DROPS = ("tx ring overrun", "tx frame not ready", "partial packet", "tx sendto temporary failure",
+                   "tx sendto fatal failure")
 ENGINES = ("npol", "acl")
 
 
@@ -190,7 +193,7 @@ class LinuxBridgeLane(Lane):
 class VppLane(Lane):
     """One VPP, the VPP dataplane in this process, both pods wired through it, a ClusterIP Service."""
 
-    def __init__(self, engine: str, index: int, poll_sleep_usec: int | None) -> None:
+    def __init__(self, engine: str, index: int, poll_sleep_usec: int | None, af_packet_ring: Any = None) -> None:
         super().__init__()
         from vppagent.calc.graph import CalcGraph
         from vppagent.manifests.loader import load_objects
@@ -201,7 +204,7 @@ class VppLane(Lane):
         self.dp: Any = None
         self.current: dict[str, Any] = {}
         try:
-            self.target = vb.Target(f"d{index}", False, poll_sleep_usec=poll_sleep_usec)
+            self.target = vb.Target(f"d{index}", False, poll_sleep_usec=poll_sleep_usec, af_packet_ring=af_packet_ring)
             self.client_ns, self.server_ns = self.target.make_pod_netns(2)
             self.dp = self.target.dataplane(engine)
             self.dp.start()
@@ -253,6 +256,18 @@ class VppLane(Lane):
         m = re.search(r"to:\[(\d+):(\d+)\]", text[at:]) if at >= 0 else None
         return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
+    def af_packet_counters(self) -> dict[str, int]:
+        """VPP's counters of the pods' af_packet nodes (``show errors``), by reason.  Drops are in
+        ``AF_PACKET_DROPS``: a TX ring too small for the traffic shows up as "tx ring overrun" /
+        "tx frame not ready", an RX block too small for GSO packets as "partial packet"."""
+        assert self.target is not None and self.target.vpp is not None
+        out: dict[str, int] = {}
+        for line in self.target.vpp.cli("show errors").splitlines():
+            m = re.match(r"\s*(\d+)\s+(\S+)\s+(.+?)\s+(?:error|warn|info|unknown)?\s*$", line)
+            if m and (m.group(2).startswith("host-") or "af-packet" in m.group(2)):
+                out[m.group(3)] = out.get(m.group(3), 0) + int(m.group(1))
+        return out
+
     def close(self) -> None:
         try:
             super().close()
@@ -271,7 +286,7 @@ def run_all(a: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]
     try:
         lanes.append(LinuxBridgeLane())
         for i, engine in enumerate(a.engines):
-            lane = VppLane(engine, i, a.poll_sleep_usec)
+            lane = VppLane(engine, i, a.poll_sleep_usec, a.ring)
             lanes.append(lane)
             assert lane.target is not None
             out["_vpp_version"] = lane.target.version
@@ -305,6 +320,10 @@ def run_all(a: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]
                 log(f"{lane.name:>12} {rules:>6} rules: pod {p['pod_gbps']:.2f} Gbit/s, service {p['service_gbps']:.2f} Gbit/s{cnat}")
         for lane in lanes:
             out[lane.name] = {"lane": lane.name, "points": lane.points}
+            if isinstance(lane, VppLane):
+                counters = out[lane.name]["af_packet_counters"] = lane.af_packet_counters()
+                drops = {k: v for k, v in counters.items() if k in AF_PACKET_DROPS}
+                log(f"{lane.name}: af_packet drops: {drops or 'none'} (all counters: {counters})")
     finally:
         for lane in reversed(lanes):
             lane.close()
@@ -356,6 +375,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="runs per point (median), interleaved over lanes")
     ap.add_argument("--poll-sleep-usec", type=int, default=0,
                     help="VPP's unix poll-sleep-usec (0: off; af_packet runs in interrupt mode, so an idle VPP sleeps)")
+    ap.add_argument("--af-packet-ring", default="",
+                    help='the pods\' af_packet ring sizes: "" the dataplane\'s default, "vpp" VPP\'s own (what the '
+                         'agent used before passing sizes) or RX_FRAME,RX_FRAMES_PER_BLOCK,TX_FRAME,TX_FRAMES_PER_BLOCK')
     ap.add_argument("--quick", action="store_true", help="one short run at 0 and 100 rules, npol only")
     ap.add_argument("--out", default=str(plot.OUT_DIR))
     ap.add_argument("--tag", default="")
@@ -374,6 +396,10 @@ def main() -> int:
             ap.error(f"unknown engine {e!r} (known: {', '.join(ENGINES)})")
     if a.seconds < 1:
         ap.error("--seconds must be at least 1 (iperf3 -t 0 means forever)")
+    try:
+        a.ring = vb.parse_ring(a.af_packet_ring)
+    except (ValueError, TypeError) as e:
+        ap.error(f"--af-packet-ring: {e}")
     if not vb.vpp_bin():
         print("vpp_dataplane_bench: no real VPP ($VPP_BIN is not set); the fake VPP forwards no packets, "
               "so there is nothing to measure. Skipped.")
@@ -392,6 +418,7 @@ def main() -> int:
 
     res: dict[str, Any] = {"benchmark": "vpp_dataplane", "rules": a.rules, "rules_per_policy": a.rules_per_policy,
                            "seconds": a.seconds, "repeats": a.repeats, "poll_sleep_usec": a.poll_sleep_usec,
+                           "af_packet_ring": list(a.ring.as_tuple()), "af_packet_ring_mib": a.ring.ring_bytes() / (1 << 20),
                            "host": vb.host_info(), "notes": []}
     log(f"VPP {vb.vpp_bin()}; load average {res['host']['loadavg_start'][0]:.2f}")
     try:

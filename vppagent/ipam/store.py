@@ -63,7 +63,7 @@ def atomic_write_json(path: Path, data: object) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, sort_keys=True)
+            f.write(json.dumps(data, sort_keys=True))    # one C call: json.dump is ~5x slower
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -6,16 +6,19 @@ sockets, vxlan, dev) so dumps answer what was programmed, and replies with
 the retvals VPP's handlers use (see the VPP sources cited inline).
 ``FakeVpp.client_factory`` makes clients that look like vpp_papi's
 ``VPPApiClient`` to ``VppConnection``: ``connect``/``disconnect``, the
-message table with CRCs, ``messages[name].pack``, the transport's socket
-(frames written there reach the fake VPP as bytes), ``read_blocking``,
-``api.<message>(**kw)`` for direct use, and the event callback.
+message table with CRCs, ``messages[name].pack``/``unpack``, the transport's
+socket (frames written there reach the fake VPP as bytes, and replies and
+events come back from it as bytes, framed as on VPP's API socket),
+``read_blocking``, ``api.<message>(**kw)`` for direct use, and the event
+callback (called from ``api`` calls, which read the socket).
 
 Every request is validated against the agent's own declared table when it
 is packed (``messages.check_args``: unknown message or field, wrong type,
 out-of-range value, missing required field raise ``VppArgumentError`` in the
 caller, as a programming error), then travels as vpp_papi-encoded bytes, so
-handlers see exactly the decoded structures VPP would, and replies and
-details come back as the same namedtuples vpp_papi produces.
+handlers see exactly the decoded structures VPP would; replies, details and
+events travel back encoded the same way, and decode into the namedtuples
+vpp_papi produces.
 
 Requests are served by one "VPP main thread", so a synchronous call pays a
 thread hand-off each way (like a socket round trip) and a pipeline does not:
@@ -225,7 +228,7 @@ class _Session:
     def __init__(self, client_index: int, client: "FakeVppApiClient") -> None:
         self.client_index = client_index
         self.client = client
-        self.replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.replies: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()   # frames; None: closed
         self.alive = True
         self.event_pid: int | None = None
 
@@ -424,8 +427,8 @@ class FakeVpp:
                     return f.retval
         return None
 
-    def _encode(self, name: str, fields: Mapping[str, Any], ctx: int | None) -> Any:
-        """Pack and unpack a reply: the client gets vpp_papi's own namedtuple."""
+    def _encode(self, name: str, fields: Mapping[str, Any], ctx: int | None) -> bytes:
+        """A reply, detail or event as VPP's socket carries it: vpp_papi-packed, framed."""
         c = codec()[name]
         data = check_message(name, {k: v for k, v in fields.items() if k != "retval"})
         if "retval" in fields:
@@ -433,16 +436,16 @@ class FakeVpp:
         data["_vl_msg_id"] = self.message_table.get(MESSAGES[name].name_crc, 0)
         if ctx is not None:
             data["context"] = ctx
-        return c.unpack(c.pack(data))[0]
+        body = c.pack(data)
+        return _FRAME.pack(0, len(body), 0) + body
 
     def _event(self, sw_if_index: int, deleted: bool = False) -> None:
         iface = self.state.interfaces.get(sw_if_index)
         flags = iface.flags if iface and not deleted else 0
         for s in list(self._sessions.values()):
             if s.event_pid is not None and s.alive:
-                ev = self._encode("sw_interface_event", {
-                    "pid": s.event_pid, "sw_if_index": sw_if_index, "flags": flags, "deleted": deleted}, None)
-                s.client._deliver_event(ev)
+                s.replies.put(self._encode("sw_interface_event", {
+                    "pid": s.event_pid, "sw_if_index": sw_if_index, "flags": flags, "deleted": deleted}, None))
 
     # ------------------------------------------------------------ helpers
 
@@ -953,6 +956,13 @@ class FakeVpp:
             raise Retval("IF_ALREADY_EXISTS")
         if not name or (self.host_interfaces is not None and name not in self.host_interfaces):
             raise Retval("INVALID_INTERFACE")
+        # af_packet_queue_init: 0 takes the TPACKET_V3 default; the kernel's PACKET_RX_RING/TX_RING
+        # refuse frames not a multiple of 16 and blocks not a whole number of pages (SYSCALL_ERROR_1)
+        for frame, count, defaults in ((m.rx_frame_size, m.rx_frames_per_block, (2048, 32)),
+                                       (m.tx_frame_size, m.tx_frames_per_block, (2048 * 33, 1024))):
+            frame, count = frame or defaults[0], count or defaults[1]
+            if frame % 16 or (frame * count) % 4096:
+                raise Retval("SYSCALL_ERROR_1")
         mac = self._mac(m.hw_addr)
         if m.use_random_hw_addr or mac == bytes(6):
             mac = bytes([0x02, 0xFE, 0xAF, 0, 0, len(st.af_packet) & 0xFF])
@@ -1525,11 +1535,53 @@ class _Liveness:
 
 
 class _FakeSocket:
-    """The client's end of the API socket: frames written here reach VPP."""
+    """The client's end of the API socket: frames written here reach VPP, and
+    ``recv`` returns what VPP sent as a byte stream (with a socket's timeout
+    semantics: ``TimeoutError``, ``BlockingIOError`` at timeout 0, b"" once
+    VPP has closed it)."""
 
-    def __init__(self, vpp: FakeVpp, session: _Session) -> None:
+    def __init__(self, vpp: FakeVpp, session: _Session, timeout: float | None = None) -> None:
         self._vpp = vpp
         self._session = session
+        self._timeout = timeout
+        self._pending = b""
+        self._at = 0                  # how much of _pending was returned
+        self._eof = False
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._timeout = timeout
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def recv(self, bufsize: int) -> bytes:
+        if self._at == len(self._pending) and not self._eof:
+            q = self._session.replies
+            try:
+                if self._timeout == 0:
+                    frame = q.get_nowait()
+                else:
+                    frame = q.get(timeout=self._timeout)
+            except queue.Empty:
+                if self._timeout == 0:
+                    raise BlockingIOError(11, "Resource temporarily unavailable") from None
+                raise TimeoutError("timed out") from None
+            parts, size = [], 0
+            while frame is not None:          # whatever else is there, as one stream read would
+                parts.append(frame)
+                size += len(frame)
+                if size >= bufsize:
+                    break
+                try:
+                    frame = q.get_nowait()
+                except queue.Empty:
+                    break
+            if frame is None:
+                self._eof = True
+            self._pending, self._at = b"".join(parts), 0
+        out = self._pending[self._at:self._at + bufsize]
+        self._at += len(out)
+        return out
 
     def sendall(self, data: bytes) -> None:
         if not self._session.alive:
@@ -1610,7 +1662,7 @@ class FakeVppApiClient:
         t.message_table = table
         t.socket_index = self._session.client_index
         t.connected = True
-        t.socket = _FakeSocket(self.vpp, self._session)
+        t.socket = _FakeSocket(self.vpp, self._session, self.read_timeout)
         t.message_thread = _Liveness(self._session)
         names = [self.vpp._index_to_name[i] for i in table.values()]
         self.messages = {n: _CheckedMessage(n, c[n]) for n in names}
@@ -1642,13 +1694,27 @@ class FakeVppApiClient:
         return [n for n in namecrctable if self.transport.get_msg_index(n) <= 0]
 
     def read_blocking(self, no_type_conversion: bool = False, timeout: float | None = None) -> Any:
-        s = self._session
-        if s is None:
+        """The next message from the socket, decoded (None: nothing in time, or closed)."""
+        sock = self.transport.socket
+        if self._session is None or sock is None:
             return None
+        sock.settimeout(self.read_timeout if timeout is None else timeout)
         try:
-            return s.replies.get(timeout=self.read_timeout if timeout is None else timeout)
-        except queue.Empty:
+            header = self._read_exactly(sock, _FRAME.size)
+            body = self._read_exactly(sock, _FRAME.unpack(header)[1])
+        except (TimeoutError, EOFError):
             return None
+        return self.messages[self.vpp._index_to_name[int.from_bytes(body[:2], "big")]].unpack(body)[0]
+
+    @staticmethod
+    def _read_exactly(sock: _FakeSocket, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = sock.recv(n - len(out))
+            if not chunk:
+                raise EOFError("VPP closed the API socket")
+            out += chunk
+        return out
 
     def _send(self, name: str, kwargs: Mapping[str, Any], ctx: int) -> None:
         msg = self.messages[name]
@@ -1667,6 +1733,9 @@ class FakeVppApiClient:
             r = self.read_blocking()
             if r is None:
                 raise OSError(2, "VPP API client: read failed")
+            if not getattr(r, "context", 0):
+                self._deliver_event(r)
+                continue
             rname = type(r).__name__
             if msg.ends_with_ping and rname == "control_ping_reply":
                 return details

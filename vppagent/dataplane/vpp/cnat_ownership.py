@@ -7,6 +7,11 @@ identified by its pid.  Kept in memory, and in a JSON file when ``path`` is
 given, so a restarted agent adopts what it made and removes what is no
 longer wanted, while everything else in VPP stays untouched.  A different
 VPP pid means VPP restarted and lost all of it: the record starts over.
+
+Inside ``batch()`` (the dataplane wraps each commit in one, every descriptor
+each pipelined batch) changes are written once at the end rather than once
+per object: rewriting the whole file per translation made N services cost
+O(N²) in file writes.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import json
 import logging
 import os
 import tempfile
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +33,28 @@ class OwnershipStore:
         self.path = path
         self.vpe_pid: int | None = None
         self._kinds: dict[str, dict[str, str]] = {}
+        self._depth = 0            # open batch() blocks
+        self._dirty = False        # changed inside a batch, not yet written
         if path is not None:
             self._load()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Write the file once when the outermost block ends (also after an error: what
+        was done by then is recorded) instead of after every change."""
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self._dirty:
+                self._save()
+
+    def _changed(self) -> None:
+        if self._depth:
+            self._dirty = True
+        else:
+            self._save()
 
     def bind(self, vpe_pid: int | None) -> None:
         """Forget everything when VPP is not the instance we wrote into."""
@@ -39,7 +65,7 @@ class OwnershipStore:
                      self.vpe_pid, vpe_pid)
         self.vpe_pid = vpe_pid
         self._kinds = {}
-        self._save()
+        self._changed()
 
     def has(self, kind: str, ident: str) -> bool:
         return ident in self._kinds.get(kind, {})
@@ -54,17 +80,17 @@ class OwnershipStore:
         mine = self._kinds.setdefault(kind, {})
         if mine.get(ident) != data:
             mine[ident] = data
-            self._save()
+            self._changed()
 
     def discard(self, kind: str, ident: str) -> None:
         if self._kinds.get(kind, {}).pop(ident, None) is not None:
-            self._save()
+            self._changed()
 
     def replace(self, kind: str, entries: Iterable[tuple[str, str]]) -> None:
         new = dict(entries)
         if self._kinds.get(kind, {}) != new:
             self._kinds[kind] = new
-            self._save()
+            self._changed()
 
     # -------------------------------------------------------------- file
 
@@ -82,6 +108,7 @@ class OwnershipStore:
             self.vpe_pid, self._kinds = None, {}
 
     def _save(self) -> None:
+        self._dirty = False
         if self.path is None:
             return
         directory = os.path.dirname(os.path.abspath(self.path))

@@ -73,6 +73,10 @@ class RejectRouteDescriptor(Descriptor[RejectRouteKey, RejectRoute]):
         return {k: (RejectRoute(), None) for k in found}
 
     def batch_apply(self, ops: Sequence[Op]) -> list[Any]:
+        with self.store.batch():           # one ownership-file write per batch, not per object
+            return self._batch_apply(ops)
+
+    def _batch_apply(self, ops: Sequence[Op]) -> list[Any]:
         calls = [("ip_route_add_del", reject_route_args(cast(RejectRouteKey, op.key), op.kind is not OpKind.DELETE))
                  for op in ops]
         try:

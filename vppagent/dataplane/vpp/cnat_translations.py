@@ -88,6 +88,10 @@ class CnatTranslationDescriptor(Descriptor[TranslationKey, Translation]):
         return not isinstance(exc, (VppArgumentError, ValueError))
 
     def batch_apply(self, ops: Sequence[Op]) -> list[Any]:
+        with self.store.batch():           # one ownership-file write per batch, not per object
+            return self._batch_apply(ops)
+
+    def _batch_apply(self, ops: Sequence[Op]) -> list[Any]:
         results: list[Any] = [None] * len(ops)
         sent: list[int] = []
         calls: list[tuple[str, Mapping[str, Any]]] = []

@@ -15,11 +15,12 @@ new instance from desired state: pods first, then policy.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 from vppagent.dataplane.base import (
     DataplaneStatus, ReconcilingDataplane, WiredWorkload, WiringError, WorkloadWiring,
@@ -86,6 +87,8 @@ class VppDataplane(ReconcilingDataplane):
         self._next_reconnect = 0.0
         self._restarts = 0
         self._hosts_changed = False
+        self._services_dirty = False                # services or pools changed: plan once per apply
+        self._service_plans: dict[str, tuple[Any, list[Any]]] = {}   # id -> (ServiceUpdate, frontends)
         self._svc_store: Any = None
         self._leaving: set[str] = set()
         self._wep_iface: dict[str, str] = {}        # endpoint id -> its interface
@@ -216,7 +219,8 @@ class VppDataplane(ReconcilingDataplane):
         self._sync_refs()
         self.node_routes.refresh()
         self._render_dirty()
-        errors = self.reconciler.read_actual()
+        with self._ownership_batch():
+            errors = self.reconciler.read_actual()
         if errors:
             self._last_error = errors[-1]
         if self.state.in_sync:
@@ -409,7 +413,9 @@ class VppDataplane(ReconcilingDataplane):
                 self._dirty.update(n for n, r in self._refs.items() if r.kind == "host")
                 self._hosts_changed = True
             case ServiceUpdate() | ServiceRemove() | IPPoolUpdate() | IPPoolRemove():
-                self._services_changed(state)        # pools: SNAT exclusions and natOutgoing roles
+                # planned once in apply(): a batch of N services would otherwise re-plan all of
+                # them N times (pools: SNAT exclusions and natOutgoing roles)
+                self._services_dirty = True
             case RouteUpdate(id=rid) | RouteRemove(id=rid):
                 entry = state.routes.get(rid)
                 self.node_routes.changed(rid, entry.route if entry is not None else None)
@@ -430,10 +436,10 @@ class VppDataplane(ReconcilingDataplane):
 
     def _services_changed(self, state: DataplaneState) -> None:
         """cnat translations for every service frontend (``services.py``)."""
+        self._services_dirty = False
         if _services is None or not hasattr(_services, "desired_service_state"):
             return
-        from vppagent.dataplane.service_plan import plan_services
-        frontends = plan_services(state.services.values(), self.config.node_name or "")
+        frontends = self._frontends(state)
         snat = None
         if self._node_addrs:
             snat = _services.SnatConfig.for_node(self._node_addrs,
@@ -446,6 +452,21 @@ class VppDataplane(ReconcilingDataplane):
         self.set_group("services", _services.desired_service_state(frontends, self._node_addrs, snat=snat,
                                                                    options=options))
         self._cnat_roles()
+
+    def _frontends(self, state: DataplaneState) -> list[Any]:
+        """Every service's frontends in id order, as ``plan_services`` gives them, re-planning only
+        the services whose update object changed since the last call."""
+        from vppagent.dataplane.service_plan import plan_service
+        node = self.config.node_name or ""
+        plans: dict[str, tuple[Any, list[Any]]] = {}
+        frontends: list[Any] = []
+        for sid, update in sorted(state.services.items()):
+            cached = self._service_plans.get(sid)
+            plan = cached if cached is not None and cached[0] is update else (update, plan_service(update, node))
+            plans[sid] = plan
+            frontends.extend(plan[1])
+        self._service_plans = plans
+        return frontends
 
     def _cnat_roles(self) -> None:
         """Mark pod interfaces POD in cnat's K8S SNAT policy (INCLUDE_V4/V6 too when their
@@ -492,6 +513,8 @@ class VppDataplane(ReconcilingDataplane):
 
     def apply(self, updates: Sequence[Update]) -> None:
         self.fold(updates)
+        if self._services_dirty:
+            self._services_changed(self.state)
         if self._hosts_changed and self._connected:
             self._hosts_changed = False
             self._sync_refs()
@@ -499,11 +522,16 @@ class VppDataplane(ReconcilingDataplane):
         if self.state.in_sync and self._connected:
             self._commit()
 
+    def _ownership_batch(self) -> ContextManager[Any]:
+        """The cnat ownership file written once per commit, not once per object."""
+        return self._svc_store.batch() if self._svc_store is not None else contextlib.nullcontext()
+
     def _commit(self, resync: bool = False) -> None:
         try:
-            report = self.reconciler.resync() if resync else self.reconciler.commit()
-            self._note(report)
-            self.groups.collect()
+            with self._ownership_batch():
+                report = self.reconciler.resync() if resync else self.reconciler.commit()
+                self._note(report)
+                self.groups.collect()
         finally:
             self.store.save()
             self._check_connection()
@@ -524,11 +552,12 @@ class VppDataplane(ReconcilingDataplane):
             self._render_dirty()
         self._refresh_node_addresses()
         if self.state.in_sync:
-            self._note(self.reconciler.run_due_retries())      # also commits what changed above
-            due = self._next_refresh
-            if due is not None and self._clock() >= due:
-                self.resync()
-            self.groups.collect()
+            with self._ownership_batch():
+                self._note(self.reconciler.run_due_retries())      # also commits what changed above
+                due = self._next_refresh
+                if due is not None and self._clock() >= due:
+                    self.resync()
+                self.groups.collect()
         self.store.save()
         self._check_connection()
 
@@ -538,9 +567,10 @@ class VppDataplane(ReconcilingDataplane):
         pods = self.pods.resync()
         self._sync_refs()
         self._render_dirty()
-        report = self.reconciler.resync()
-        self._note(report)
-        self.groups.collect()
+        with self._ownership_batch():
+            report = self.reconciler.resync()
+            self._note(report)
+            self.groups.collect()
         self.store.save()
         self._check_connection()
         out = report.as_dict()

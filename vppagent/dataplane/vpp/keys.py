@@ -79,6 +79,7 @@ class PodIfaceValue:
     secret: str = ""              # memif; never returned by a dump
     gso: bool = True
     up: bool = True
+    af_packet_ring: tuple[int, int, int, int] = (0, 0, 0, 0)   # rx frame, rx frames/block, tx frame, tx frames; 0: VPP's
 
 
 @dataclass(frozen=True, order=True)

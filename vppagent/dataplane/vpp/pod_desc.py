@@ -42,6 +42,19 @@ class VrfDescriptor(VppDescriptor):
     kind = VrfKey
     name = "pod-vrf"
 
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        # Every table id VPP has (ours and anyone's), as of the last dump and our own creations since:
+        # a new pod's VRF avoids them without dumping every table on each CNI ADD.  Deleted ids stay
+        # in until the next dump (a resync), so an id is never reused while any of its tables remain.
+        self.table_ids: set[int] | None = None
+
+    def used_table_ids(self) -> set[int]:
+        """The table ids in VPP (dumped only when none was seen yet)."""
+        if self.table_ids is None:
+            self.table_ids = {int(d.table.table_id) for d in self.ctx.conn.dump("ip_table_dump")}
+        return self.table_ids
+
     @staticmethod
     def _default_route(key: VrfKey, value: VrfValue, add: bool) -> tuple[str, dict[str, Any]]:
         is6 = key.af == 6
@@ -52,6 +65,8 @@ class VrfDescriptor(VppDescriptor):
     def plan_create(self, key: VrfKey, value: VrfValue) -> Plan:
         table = {"table_id": value.table_id, "is_ip6": key.af == 6}
         yield Calls([("ip_table_add_del", {"is_add": True, "table": {**table, "name": vrf_name(key.ifname, key.af)}})])
+        if self.table_ids is not None:
+            self.table_ids.add(value.table_id)
         try:
             yield Calls([self._default_route(key, value, True)])
         except Exception:
@@ -67,7 +82,9 @@ class VrfDescriptor(VppDescriptor):
 
     def dump(self) -> Mapping[VrfKey, tuple[VrfValue, Any]]:
         out = {}
-        for d in self.ctx.conn.dump("ip_table_dump"):
+        tables = self.ctx.conn.dump("ip_table_dump")
+        self.table_ids = {int(d.table.table_id) for d in tables}
+        for d in tables:
             parsed = parse(str(d.table.name))
             if parsed and parsed[0] == "vrf" and (vrf := parse_vrf(parsed[1])):
                 out[VrfKey(*vrf)] = (VrfValue(int(d.table.table_id)), int(d.table.table_id))
@@ -196,9 +213,12 @@ class PodIfaceDescriptor(UpdatableVppDescriptor):
                 "host_namespace_set": True, "host_namespace": v.netns, "host_if_name_set": True,
                 "host_if_name": v.host_if_name, "tag": pod_interface_tag(key.ifname)})
         if v.kind == "af_packet":
+            rx_frame, rx_frames, tx_frame, tx_frames = v.af_packet_ring      # explicit: VPP's TX default is ~69 MiB
             return ("af_packet_create_v3", {
                 "mode": 1, "hw_addr": v.mac, "use_random_hw_addr": False, "host_if_name": v.host_if_name,
-                "flags": AF_PACKET_FLAGS, "num_rx_queues": v.rx_queues, "num_tx_queues": v.tx_queues})
+                "flags": AF_PACKET_FLAGS, "num_rx_queues": v.rx_queues, "num_tx_queues": v.tx_queues,
+                "rx_frame_size": rx_frame, "rx_frames_per_block": rx_frames,
+                "tx_frame_size": tx_frame, "tx_frames_per_block": tx_frames})
         return ("memif_create_v2", {
             "role": MEMIF_MASTER, "mode": MEMIF_MODE_IP, "rx_queues": v.rx_queues, "tx_queues": v.tx_queues,
             "id": v.memif_id, "socket_id": self.ctx.need(MemifSocketKey(key.ifname)), "ring_size": v.ring_size,

@@ -67,6 +67,7 @@ class PodSpec:
     ring_size: int = 1024
     pod_mac: str = ""
     memif_secret: str = ""
+    af_packet_ring: tuple[int, int, int, int] = (0, 0, 0, 0)   # as created (0: VPP's default; older specs)
 
     @property
     def ip6(self) -> bool:
@@ -82,7 +83,7 @@ class PodSpec:
             mac=VPP_MAC if self.kind == "af_packet" else "",
             host_if_name=self.ifname if self.kind == "af_packet" else (self.pod_ifname if self.kind == "tap" else ""),
             netns=self.netns if self.kind == "tap" else "", rx_queues=self.rx_queues, tx_queues=self.tx_queues,
-            ring_size=self.ring_size, secret=self.memif_secret)
+            ring_size=self.ring_size, secret=self.memif_secret, af_packet_ring=self.af_packet_ring)
 
     def keys(self) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
@@ -131,7 +132,8 @@ class PodNetwork:
         r = Reconciler(backoff=self.backoff)
         ctx = Context(self.conn, self.store, lambda key: self.reconciler.metadata(key))
         self.ifaces = PodIfaceDescriptor(ctx, self._spec_value)
-        for desc in (VrfDescriptor(ctx), LoopbackDescriptor(ctx, self._tables_of), MemifSocketDescriptor(ctx),
+        self.vrfs = VrfDescriptor(ctx)
+        for desc in (self.vrfs, LoopbackDescriptor(ctx, self._tables_of), MemifSocketDescriptor(ctx),
                      self.ifaces, PodRouteDescriptor(ctx, self.ifaces)):
             r.register(desc)
         for spec in self.specs.values():
@@ -233,23 +235,32 @@ class PodNetwork:
         ips = tuple(sorted({host_prefix(ip) for ip in wiring.ips}))
         queues = opts.queues or (self.config.memif_queues if kind == "memif" else self.config.tap_queues)
         ring = opts.ring_size or (self.config.memif_ring_size if kind == "memif" else self.config.tap_ring_size)
+        af_ring = (0, 0, 0, 0)
+        mtu = self._mtu(wiring)
         if kind == "af_packet":
             queues = opts.queues or 1
+            af_ring = self.config.af_packet_ring.as_tuple()
+            problems = self.config.af_packet_ring.problems(mtu)
+            if problems:
+                raise WiringError(f"cannot give {ifname} an af_packet interface with MTU {mtu}: "
+                                  + "; ".join(problems) + " (dataplane.afPacketRing)")
         spec = PodSpec(
             ifname=ifname, container_id=wiring.container_id, netns=wiring.netns, pod_ifname=wiring.interface_name,
-            ips=ips, kind=kind, mtu=self._mtu(wiring), tables=self._allocate_tables() if self.config.pod_vrfs else (0, 0),
+            ips=ips, kind=kind, mtu=mtu, tables=self._allocate_tables() if self.config.pod_vrfs else (0, 0),
             allowed_sources=tuple(dict.fromkeys(ips + opts.allowed_sources)), namespace=wiring.namespace,
             pod=wiring.pod, rx_queues=queues, tx_queues=queues, ring_size=ring,
             pod_mac=random_mac() if kind == "af_packet" else "",
-            memif_secret=secrets.token_hex(8) if kind == "memif" else "")
+            memif_secret=secrets.token_hex(8) if kind == "memif" else "", af_packet_ring=af_ring)
         admit(self.config.buffer_admission, spec.buffers(),
               [s.buffers() for s in self.specs.values()], ifname)
         return spec
 
     def _allocate_tables(self) -> tuple[int, int]:
+        """The lowest free id above ``vrfBase``, checked against our pods and the tables VPP had
+        at the last read-back (every resync refreshes it), not a dump per ADD."""
         used = {t for s in self.specs.values() for t in s.tables}
         try:
-            used |= {int(d.table.table_id) for d in self.conn.dump("ip_table_dump")}
+            used |= self.vrfs.used_table_ids()
         except Exception as exc:
             raise WiringError(f"VPP is not reachable: {exc}") from None
         t = self.config.vrf_base + 1

@@ -78,7 +78,11 @@ class StateStore:
         self.dir = Path(directory) if directory is not None else None
         self.epoch: str = ""
         self._objects: dict[str, dict[Any, tuple[Any, Any]]] = {}
+        # each entry encoded once, when it is put: a save then only serializes, instead of encoding
+        # every object again (the file is rewritten after each commit and grows with the pods)
+        self._rows: dict[str, dict[Any, list[Any]]] = {}
         self._dirty = False
+        self.writes = 0            # files written (objects and pod specs), for benchmarks
         self._load()
 
     # ------------------------------------------------------------ objects
@@ -95,10 +99,15 @@ class StateStore:
             data = json.loads(path.read_text())
             self.epoch = str(data.get("epoch", ""))
             for kind, rows in data.get("objects", {}).items():
-                self._objects[kind] = {decode(k): (decode(v), decode(m)) for k, v, m in rows}
+                objs, encoded = self._objects.setdefault(kind, {}), self._rows.setdefault(kind, {})
+                for row in rows:
+                    k, v, m = row
+                    key = decode(k)
+                    objs[key] = (decode(v), decode(m))
+                    encoded[key] = row
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.error("ignoring unreadable VPP state file %s: %s", path, exc)
-            self.epoch, self._objects = "", {}
+            self.epoch, self._objects, self._rows = "", {}, {}
 
     def objects(self, kind: str) -> dict[Any, tuple[Any, Any]]:
         return dict(self._objects.get(kind, {}))
@@ -108,16 +117,18 @@ class StateStore:
 
     def put(self, kind: str, key: Any, value: Any, meta: Any) -> None:
         self._objects.setdefault(kind, {})[key] = (value, meta)
+        self._rows.setdefault(kind, {})[key] = [encode(key), encode(value), encode(meta)]
         self._dirty = True
 
     def remove(self, kind: str, key: Any) -> None:
         if self._objects.get(kind, {}).pop(key, None) is not None:
+            self._rows.get(kind, {}).pop(key, None)
             self._dirty = True
 
     def new_epoch(self) -> str:
         """VPP is a new instance: forget every recorded object."""
         self.epoch = secrets.token_hex(6)
-        self._objects = {}
+        self._objects, self._rows = {}, {}
         self._dirty = True
         return self.epoch
 
@@ -126,9 +137,9 @@ class StateStore:
         if not self._dirty or path is None:
             self._dirty = False
             return
-        rows = {kind: [[encode(k), encode(v), encode(m)] for k, (v, m) in objs.items()]
-                for kind, objs in self._objects.items()}
+        rows = {kind: list(encoded.values()) for kind, encoded in self._rows.items()}
         atomic_write_json(path, {"version": 1, "epoch": self.epoch, "objects": rows})
+        self.writes += 1
         self._dirty = False
 
     # ------------------------------------------------------------ pods
@@ -140,6 +151,7 @@ class StateStore:
     def save_pod(self, ifname: str, spec: Any) -> None:
         if self._pods is not None:
             atomic_write_json(self._pods / f"{ifname}.json", encode(spec))
+            self.writes += 1
 
     def remove_pod(self, ifname: str) -> None:
         if self._pods is not None:
