@@ -60,6 +60,7 @@ sys.path.insert(0, str(REPO / "perf"))
 
 import kubeproxy_baseline  # noqa: E402
 import plot  # noqa: E402
+from benchlib import print_md_table  # noqa: E402
 
 NODE = "node1"
 APPS = [f"app{i}" for i in range(25)]
@@ -615,15 +616,8 @@ def print_table(res: dict[str, Any]) -> None:
         else (kernel_summary(r["kernel"]) if c in bases else "-"))
 
     heads = ["metric"] + cols
-    table = [heads] + [[label] + vals for label, vals in rows]
-    widths = [max(len(r[i]) for r in table) for i in range(len(heads))]
     print()
-    print(f"| {' | '.join(h.ljust(w) for h, w in zip(heads, widths))} |")
-    print(f"|{'|'.join('-' * (w + 2) for w in widths)}|")
-    for r in table[1:]:
-        print(f"| {' | '.join(v.ljust(w) for v, w in zip(r, widths))} |")
-    for note in res["notes"]:
-        print(f"note: {note}")
+    print_md_table(heads, [[label] + vals for label, vals in rows], res["notes"])
 
 
 def plot_results(res: dict[str, Any], path: Path) -> Path | None:

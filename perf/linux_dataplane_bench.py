@@ -51,6 +51,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "perf"))
 
 import plot  # noqa: E402
+from benchlib import (  # noqa: E402
+    add_output_args, each_point, exec_in, iperf3_gbps, print_md_table, probe, replace_resources,
+    write_results,
+)
 from linux_control_bench import kernel_objects, kernel_summary, make_dataplane, netns_add, netns_del  # noqa: E402
 
 NODE = "node1"
@@ -212,14 +216,6 @@ class Topology:
         self.created.clear()
 
 
-def exec_in(ns: str, argv: list[str], timeout: float) -> str:
-    proc = subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv[:3])} in {ns}: exit {proc.returncode}: "
-                           f"{(proc.stderr or proc.stdout).strip()[:400]}")
-    return proc.stdout
-
-
 def start_servers(topo: Topology) -> None:
     topo.spawn(topo.server, ["iperf3", "-s", "-p", str(IPERF_PORT)])
     conn = topo.spawn(topo.server, [sys.executable, "-I", "-S", "-c", CONN_SERVER, str(CONN_PORT)])
@@ -231,24 +227,12 @@ def start_servers(topo: Topology) -> None:
 
 def throughput(topo: Topology, seconds: int) -> float:
     """Gbit/s received by the server, one TCP stream."""
-    last = ""
-    for _ in range(5):
-        proc = subprocess.run(["ip", "netns", "exec", topo.client, "iperf3", "-c", SERVER_IP, "-p", str(IPERF_PORT),
-                               "-t", str(int(seconds)), "-J"], capture_output=True, text=True, timeout=seconds + 30)
-        try:
-            data = json.loads(proc.stdout)
-        except json.JSONDecodeError:
-            data = {"error": proc.stderr.strip() or "no output"}
-        if "error" not in data and proc.returncode == 0:
-            return data["end"]["sum_received"]["bits_per_second"] / 1e9
-        last = data.get("error", "")
-        time.sleep(0.5)        # "the server is busy" right after the previous run, or not up yet
-    raise RuntimeError(f"iperf3 failed: {last}")
+    return iperf3_gbps(topo.client, SERVER_IP, IPERF_PORT, seconds, attempts=5, slack=30, connect_timeout_ms=None)
 
 
 def connections(topo: Topology, seconds: float, limit: int) -> dict[str, Any]:
     out = json.loads(exec_in(topo.client, [sys.executable, "-I", "-S", "-c", CONN_CLIENT, SERVER_IP, str(CONN_PORT),
-                                           f"{seconds:g}", str(limit)], timeout=seconds + 30))
+                                           f"{seconds:g}", str(limit)], timeout=seconds + 30, check=True).stdout)
     if out["failed"]:
         raise RuntimeError(f"{out['failed']} of {out['connections'] + out['failed']} test connections failed")
     out["per_second"] = out["connections"] / out["seconds"]
@@ -257,11 +241,7 @@ def connections(topo: Topology, seconds: float, limit: int) -> dict[str, Any]:
 
 def probe_closed(topo: Topology) -> str:
     """What a SYN to an unlisted port gets: 'refused' (no policy) or 'dropped' (default deny)."""
-    code = ("import socket\ns = socket.socket()\ns.settimeout(0.7)\n"
-            f"try:\n    s.connect(('{SERVER_IP}', {CLOSED_PORT}))\n    print('open')\n"
-            "except ConnectionRefusedError:\n    print('refused')\n"
-            "except OSError:\n    print('dropped')\n")
-    return exec_in(topo.client, [sys.executable, "-I", "-S", "-c", code], timeout=10).strip()
+    return probe(topo.client, SERVER_IP, CLOSED_PORT, check=True)
 
 
 def measure_once(topo: Topology, a: argparse.Namespace) -> tuple[float, dict[str, Any]]:
@@ -299,13 +279,9 @@ class Lane:
         assert self.graph is not None
         wanted = {r.name: r for r in load_objects(policies(rules, per_policy), f"rules{rules}")}
         t0 = time.perf_counter()
-        for name in set(self.current) - set(wanted):
-            self.graph.remove(self.current[name])
-        for r in wanted.values():
-            self.graph.update(r)
         first = not self.current
+        updates = replace_resources(self.graph, self.current, wanted)
         self.current = wanted
-        updates = self.graph.flush()
         self.dp.apply([*updates, InSync()] if first else updates)
         apply_s = time.perf_counter() - t0
         report = self.dp.last_report
@@ -352,29 +328,16 @@ def run_all(modes: list[str], a: argparse.Namespace, rule_counts: list[int], log
 # ---------------------------------------------------------------- output
 
 def print_table(res: dict[str, Any]) -> None:
-    base = {p["rules"]: p for p in res["modes"]["no-policy"]["points"]}
     heads = ["rules", "mode", "policies", "apply", "Gbit/s", "vs no-policy", "conn/s", "vs no-policy",
              "connect p50"]
-    rows = []
-    for rules in res["rule_counts"]:
-        b = base[rules]
-        for mode, r in res["modes"].items():
-            for p in r["points"]:
-                if p["rules"] != rules:
-                    continue
-                rows.append([f"{rules:,}", mode, f"{p['policies']:,}" if "policies" in p else "-",
-                             f"{p['apply_s']:.2f} s" if "apply_s" in p else "-",
-                             f"{p['gbps']:.2f}", f"{p['gbps'] / b['gbps']:.2f}",
-                             f"{p['conn_per_s']:,.0f}", f"{p['conn_per_s'] / b['conn_per_s']:.2f}",
-                             f"{p['connect_p50_us']:.0f} us"])
-    widths = [max(len(x) for x in col) for col in zip(heads, *rows)]
+    rows = [[f"{rules:,}", mode, f"{p['policies']:,}" if "policies" in p else "-",
+             f"{p['apply_s']:.2f} s" if "apply_s" in p else "-",
+             f"{p['gbps']:.2f}", f"{p['gbps'] / b['gbps']:.2f}",
+             f"{p['conn_per_s']:,.0f}", f"{p['conn_per_s'] / b['conn_per_s']:.2f}",
+             f"{p['connect_p50_us']:.0f} us"]
+            for rules, mode, p, b in each_point(res["modes"], res["rule_counts"], "no-policy")]
     print()
-    print(f"| {' | '.join(h.ljust(w) for h, w in zip(heads, widths))} |")
-    print(f"|{'|'.join('-' * (w + 2) for w in widths)}|")
-    for row in rows:
-        print(f"| {' | '.join(v.ljust(w) for v, w in zip(row, widths))} |")
-    for note in res["notes"]:
-        print(f"note: {note}")
+    print_md_table(heads, rows, res["notes"])
 
 
 def plot_results(res: dict[str, Any], stem: str, out: str) -> list[Path]:
@@ -405,9 +368,7 @@ def main() -> int:
     ap.add_argument("--conn-seconds", type=float, default=1.5, help="time bound of one connection loop")
     ap.add_argument("--conn-max", type=int, default=20000, help="count bound of one connection loop")
     ap.add_argument("--repeats", type=int, default=3, help="runs per point (median), interleaved over modes")
-    ap.add_argument("--out", default=str(plot.OUT_DIR))
-    ap.add_argument("--tag", default="")
-    ap.add_argument("--no-plot", action="store_true")
+    add_output_args(ap)
     a = ap.parse_args()
     # SIGTERM unwinds like Ctrl-C: every namespace and process this run made is removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -443,13 +404,7 @@ def main() -> int:
                         f"load average {res['host']['loadavg_start'][0]:.2f} at start, "
                         f"{res['host']['loadavg_end'][0]:.2f} at end")
     print_table(res)
-    stem = "linux_dataplane" + (f"-{a.tag}" if a.tag else "")
-    jpath = plot.out_path(stem + ".json", a.out)
-    jpath.write_text(json.dumps(res, indent=2))
-    print(f"\nwrote {jpath}")
-    if not a.no_plot:
-        for path in plot_results(res, stem, a.out):
-            print(f"wrote {path}")
+    write_results(res, "linux_dataplane", a, plot_results)
     return 0
 
 

@@ -48,7 +48,6 @@ import asyncio
 import atexit
 import contextlib
 import ipaddress
-import json
 import logging
 import os
 import platform
@@ -68,6 +67,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "perf"))
 
 import plot  # noqa: E402
+from benchlib import add_output_args, md_table, write_results  # noqa: E402
 from linux_control_bench import namespaces, percentile, policy, pool, service_namespaces, services, tiers  # noqa: E402
 
 NODE = "node1"
@@ -853,14 +853,6 @@ def run_messages(target: Target, a: argparse.Namespace, log: Callable[[str], Non
 
 # ---------------------------------------------------------------- output
 
-def md_table(heads: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(x) for x in col) for col in zip(heads, *rows)]
-    lines = [f"| {' | '.join(h.ljust(w) for h, w in zip(heads, widths))} |",
-             f"|{'|'.join('-' * (w + 2) for w in widths)}|"]
-    lines += [f"| {' | '.join(v.ljust(w) for v, w in zip(row, widths))} |" for row in rows]
-    return "\n".join(lines)
-
-
 def _ms(s: float, n: int) -> str:
     return f"{s / n * 1e3:.2f}" if n else "-"
 
@@ -1086,9 +1078,7 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="cProfile each phase; print the agent's hottest functions")
     ap.add_argument("--poll-sleep-usec", type=int, default=100,
                     help="VPP's unix poll-sleep-usec (0: off), 100 as in the project's test VPPs")
-    ap.add_argument("--out", default=str(plot.OUT_DIR))
-    ap.add_argument("--tag", default="")
-    ap.add_argument("--no-plot", action="store_true")
+    add_output_args(ap)
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # unwind (and clean up) like Ctrl-C
     signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
@@ -1162,13 +1152,7 @@ def main() -> int:
         res["notes"].append(f"VPP buffers-per-numa {buffers_for(a.pods):,} (an af_packet pod holds 256; the "
                             "default 16,384 admits 56 pods)")
     print_tables(res)
-    stem = "vpp_control" + (f"-{a.tag}" if a.tag else "")
-    jpath = plot.out_path(stem + ".json", a.out)
-    jpath.write_text(json.dumps(res, indent=2, default=str))
-    print(f"\nwrote {jpath}")
-    if not a.no_plot:
-        for path in plot_results(res, stem, a.out):
-            print(f"wrote {path}")
+    write_results(res, "vpp_control", a, plot_results)
     return 0
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
 import re
@@ -53,6 +52,9 @@ sys.path.insert(0, str(REPO / "perf"))
 
 import plot  # noqa: E402
 import vpp_bench as vb  # noqa: E402
+from benchlib import (  # noqa: E402
+    add_output_args, each_point, iperf3_gbps, print_md_table, probe, replace_resources, write_results,
+)
 from linux_dataplane_bench import CLIENT_IP, CLOSED_PORT, IPERF_PORT, NAMESPACE, SERVER_IP, base_objects, policies  # noqa: E402
 
 CLUSTER_IP, SERVICE_PORT = "10.96.0.10", 80
@@ -85,39 +87,6 @@ def spawn(ns: str, argv: list[str]) -> subprocess.Popen[str]:
                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
     vb.REGISTRY.pgids.add(proc.pid)
     return proc
-
-
-def exec_in(ns: str, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=timeout)
-
-
-PROBE = (
-    "import socket, sys\ns = socket.socket()\ns.settimeout(float(sys.argv[3]))\n"
-    "try:\n    s.connect((sys.argv[1], int(sys.argv[2])))\n    print('open')\n"
-    "except ConnectionRefusedError:\n    print('refused')\n"
-    "except OSError:\n    print('dropped')\n")
-
-
-def probe(ns: str, ip: str, port: int, timeout: float = 0.7) -> str:
-    """What a TCP SYN gets: 'open', 'refused' (RST) or 'dropped' (nothing back)."""
-    return exec_in(ns, [sys.executable, "-I", "-S", "-c", PROBE, ip, str(port), str(timeout)], timeout=15).stdout.strip()
-
-
-def iperf(ns: str, ip: str, port: int, seconds: int) -> float:
-    """Gbit/s the server received from one TCP stream; retried while the server is busy."""
-    last = ""
-    for _ in range(6):
-        proc = exec_in(ns, ["iperf3", "-c", ip, "-p", str(port), "-t", str(seconds), "-J", "--connect-timeout", "3000"],
-                       timeout=seconds + 40)
-        try:
-            data = json.loads(proc.stdout)
-        except json.JSONDecodeError:
-            data = {"error": proc.stderr.strip() or "no output"}
-        if "error" not in data and proc.returncode == 0:
-            return data["end"]["sum_received"]["bits_per_second"] / 1e9
-        last = data.get("error", "")
-        time.sleep(0.5)
-    raise RuntimeError(f"iperf3 to {ip}:{port} from {ns} failed: {last}")
 
 
 class Lane:
@@ -229,12 +198,8 @@ class VppLane(Lane):
         assert self.dp is not None
         wanted = {r.name: r for r in load_objects(policies(rules, per_policy), f"rules{rules}")}
         t0 = time.perf_counter()
-        for name in set(self.current) - set(wanted):
-            self.graph.remove(self.current[name])
-        for r in wanted.values():
-            self.graph.update(r)
+        updates = replace_resources(self.graph, self.current, wanted)
         self.current = wanted
-        updates = self.graph.flush()
         calc = time.perf_counter() - t0
         messages = self.dp.conn.stats["messages"]
         self.dp.apply(updates)
@@ -304,7 +269,7 @@ def run_all(a: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]
             for _ in range(a.repeats):
                 for lane in lanes:
                     for path in PATHS:
-                        points[lane.name][f"{path}_runs"].append(iperf(lane.client_ns, *destination(path), a.seconds))
+                        points[lane.name][f"{path}_runs"].append(iperf3_gbps(lane.client_ns, *destination(path), a.seconds))
             for lane in lanes:
                 p = points[lane.name]
                 for path in PATHS:
@@ -331,24 +296,15 @@ def run_all(a: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]
 
 
 def print_table(res: dict[str, Any]) -> None:
-    base = {p["rules"]: p for p in res["lanes"]["linux-bridge"]["points"]}
     print(f"\n## Pod-to-pod and pod-to-service TCP throughput: VPP {res['vpp_version']} vs a Linux bridge\n")
     heads = ["rules", "lane", "pod→pod Gbit/s", "vs Linux", "pod→service Gbit/s", "vs Linux pod→svc", "vs Linux pod→pod",
              "rules applied in"]
-    rows = []
-    for rules in res["rules"]:
-        b = base[rules]
-        for name, lane in res["lanes"].items():
-            for p in lane["points"]:
-                if p["rules"] != rules:
-                    continue
-                rows.append([f"{rules:,}", name, f"{p['pod_gbps']:.2f}", f"{p['pod_gbps'] / b['pod_gbps']:.2f}",
-                             f"{p['service_gbps']:.2f}", f"{p['service_gbps'] / b['service_gbps']:.2f}",
-                             f"{p['service_gbps'] / b['pod_gbps']:.2f}",
-                             f"{p['apply_s']:.2f} s ({p['policies']:,} policies)" if "apply_s" in p else "-"])
-    print(vb.md_table(heads, rows))
-    for note in res["notes"]:
-        print(f"note: {note}")
+    rows = [[f"{rules:,}", name, f"{p['pod_gbps']:.2f}", f"{p['pod_gbps'] / b['pod_gbps']:.2f}",
+             f"{p['service_gbps']:.2f}", f"{p['service_gbps'] / b['service_gbps']:.2f}",
+             f"{p['service_gbps'] / b['pod_gbps']:.2f}",
+             f"{p['apply_s']:.2f} s ({p['policies']:,} policies)" if "apply_s" in p else "-"]
+            for rules, name, p, b in each_point(res["lanes"], res["rules"], "linux-bridge")]
+    print_md_table(heads, rows, res["notes"])
 
 
 def plot_results(res: dict[str, Any], stem: str, out: str) -> list[Path]:
@@ -379,9 +335,7 @@ def main() -> int:
                     help='the pods\' af_packet ring sizes: "" the dataplane\'s default, "vpp" VPP\'s own (what the '
                          'agent used before passing sizes) or RX_FRAME,RX_FRAMES_PER_BLOCK,TX_FRAME,TX_FRAMES_PER_BLOCK')
     ap.add_argument("--quick", action="store_true", help="one short run at 0 and 100 rules, npol only")
-    ap.add_argument("--out", default=str(plot.OUT_DIR))
-    ap.add_argument("--tag", default="")
-    ap.add_argument("--no-plot", action="store_true")
+    add_output_args(ap)
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))     # unwind (and clean up) like Ctrl-C
     signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
@@ -432,13 +386,7 @@ def main() -> int:
                         "all share them")
     res["notes"].append("linux-bridge service = the same bridge path plus one nftables DNAT in the client netns")
     print_table(res)
-    stem = "vpp_dataplane" + (f"-{a.tag}" if a.tag else "")
-    jpath = plot.out_path(stem + ".json", a.out)
-    jpath.write_text(json.dumps(res, indent=2, default=str))
-    print(f"\nwrote {jpath}")
-    if not a.no_plot:
-        for path in plot_results(res, stem, a.out):
-            print(f"wrote {path}")
+    write_results(res, "vpp_dataplane", a, plot_results)
     return 0
 
 

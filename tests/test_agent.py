@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,18 +24,9 @@ from vppagent.agent.daemon import Agent
 from vppagent.api import gen_modules
 from vppagent.cli import main
 from vppagent.model.errors import ValidationError
+from vppagent.testbed.wait import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_for(cond, timeout=15.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def http(port, path):

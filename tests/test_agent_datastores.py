@@ -4,7 +4,6 @@ and an etcd outage (dataplane kept, not ready, difference applied on return)."""
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,18 +17,9 @@ from vppagent.sources.etcd import object_key
 from vppagent.sources.factory import create_block_store, create_source
 from vppagent.syncserver.server import SyncServer, SyncServerConfig
 from vppagent.testbed.etcd import EtcdServer, etcd_missing_reason
+from vppagent.testbed.wait import wait_for
 
 pytestmark = pytest.mark.skipif(etcd_missing_reason() is not None, reason=etcd_missing_reason() or "")
-
-
-def wait_for(cond: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def pod(name: str, node: str, ip: str, **labels: str) -> dict:

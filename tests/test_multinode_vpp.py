@@ -34,6 +34,8 @@ from vppagent.testbed.node import Node
 from vppagent.testbed.netns import run
 from vppagent.testbed.vpp_node import vpp_available
 
+from tests.k8s_objects import namespace, netpol, service
+
 pytestmark = [
     pytest.mark.vpp,
     pytest.mark.skipif(not vpp_available(), reason="needs a VPP binary in $VPP_BIN"),
@@ -42,30 +44,6 @@ pytestmark = [
 
 MIXED = ["vpp", "vpp", "nftables"]
 _SHARED: list[Cluster] = []          # the module's cluster, so the VXLAN test can close it first
-
-
-def netpol(ns: str, name: str, selector: dict, peers: list[dict], port: int | None = None) -> dict:
-    rule: dict = {"from": peers}
-    if port:
-        rule["ports"] = [{"port": port, "protocol": "TCP"}]
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": name, "namespace": ns},
-            "spec": {"podSelector": {"matchLabels": selector}, "policyTypes": ["Ingress"], "ingress": [rule]}}
-
-
-def namespace(name: str, **labels: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
-
-
-def service(ns: str, name: str, vip: str, port: int, backends: list[tuple[str, str]]) -> list[dict]:
-    """A ClusterIP Service and its EndpointSlice (the endpoint controller's job): ``(pod ip, node)``."""
-    return [
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns},
-         "spec": {"clusterIP": vip, "ports": [{"name": "tcp", "port": port, "protocol": "TCP", "targetPort": port}]}},
-        {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-         "metadata": {"name": f"{name}-1", "namespace": ns, "labels": {"kubernetes.io/service-name": name}},
-         "addressType": "IPv4", "ports": [{"name": "tcp", "port": port, "protocol": "TCP"}],
-         "endpoints": [{"addresses": [ip], "nodeName": node, "conditions": {"ready": True}} for ip, node in backends]},
-    ]
 
 
 def block(pod: Pod, size: int = 26) -> str:

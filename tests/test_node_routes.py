@@ -94,17 +94,13 @@ class Cluster:
         self.token = f"nr{os.getpid() % 1000:03d}{secrets.token_hex(2)}"
         self.tmp = tempfile.mkdtemp(prefix=f"vppagent-{self.token}-")
         self.record = Record(self.token, os.getpid(), self.tmp)
-        self.spaces = Namespaces(on_change=self._changed)
+        self.spaces = Namespaces(on_change=self.record.set_netns)
         self.nodes: list[Node] = []
         try:
             self._build(count)
         except BaseException:
             self.close()
             raise
-
-    def _changed(self, names: list[str]) -> None:
-        self.record.netns = names
-        self.record.save()
 
     def _ip(self, ns: str | None, *lines: str) -> None:
         run(["ip", *(["-n", ns] if ns else []), "-batch", "-"], input="\n".join(lines) + "\n")
@@ -156,6 +152,13 @@ class Cluster:
         node.call(lambda: node.dp.wire_workload(wiring))  # type: ignore[union-attr]
         node.pods.append(pod)
         return pod
+
+    def start_with_pods(self) -> list[Node]:
+        """Start every node's dataplane and give each node one pod; returns the nodes."""
+        for node in self.nodes:
+            self.start(node)
+            self.add_pod(node)
+        return self.nodes
 
     def route(self, to: Node, encap: RouteEncap, v6: bool = False) -> RouteUpdate:
         block = to.block6 if v6 else to.block
@@ -267,10 +270,7 @@ class RouteEvents:
 @pytest.mark.parametrize("dataplane", ["nftables", "iptables"])
 def test_plain_routes_carry_pod_traffic_across_nodes(clusters: Callable[..., Cluster], dataplane: str) -> None:
     c = clusters("l2", dataplane, count=3)
-    for node in c.nodes:
-        c.start(node)
-        c.add_pod(node)
-    a, b, x = c.nodes
+    a, b, x = c.start_with_pods()
     assert not reaches(a.pods[0], b.pods[0].ip, timeout=0.5)         # nobody routes pod addresses yet
     for node in c.nodes:
         c.apply(node, c.snapshot(node, RouteEncap.NONE, v6=True))
@@ -290,10 +290,7 @@ def test_plain_routes_carry_pod_traffic_across_nodes(clusters: Callable[..., Clu
 
 def test_vxlan_crosses_an_underlay_that_does_not_route_pods(clusters: Callable[..., Cluster]) -> None:
     c = clusters("routed", count=3)
-    for node in c.nodes:
-        c.start(node)
-        c.add_pod(node)
-    a, b, x = c.nodes
+    a, b, x = c.start_with_pods()
     assert reaches(a.ns, b.ip) and reaches(a.ns, b.ip6)             # the underlay routes node addresses...
     for node in c.nodes:                                            # ...but not pods: plain routes can't help
         c.apply(node, c.snapshot(node, RouteEncap.NONE))
@@ -357,10 +354,7 @@ def test_nat_outgoing_keeps_pod_to_pod_sources(clusters: Callable[..., Cluster],
 
 def test_restart_adopts_ours_deletes_stale_and_leaves_foreign_routes(clusters: Callable[..., Cluster]) -> None:
     c = clusters("l2", count=3)
-    for node in c.nodes:
-        c.start(node)
-        c.add_pod(node)
-    a, b, x = c.nodes
+    a, b, x = c.start_with_pods()
 
     def routes_of_a() -> list[Update]:      # a <-> b over the overlay, a <-> x plain
         return c.snapshot(a, RouteEncap.VXLAN)[:-1] + [c.route(x, RouteEncap.NONE), InSync()]

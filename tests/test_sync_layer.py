@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import threading
-import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import pytest
 import yaml
@@ -26,16 +25,7 @@ from vppagent.model.updates import (
 from vppagent.sources.file import FileSource
 from vppagent.syncserver.fanout import Fanout
 from vppagent.syncserver.server import SyncServer, SyncServerConfig
-
-
-def wait_for(cond, timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+from vppagent.testbed.wait import wait_for
 
 
 class RecordingDataplane(NoneDataplane):

@@ -11,6 +11,7 @@ from typing import Iterator
 
 import pytest
 
+from vpp_env import fake_vpp
 from vppagent.reconciler.backoff import Backoff
 from vppagent.vpp.connection import VppConnection
 from vppagent.vpp.errors import (
@@ -25,10 +26,8 @@ ALL = 0xFFFFFFFF
 
 @pytest.fixture
 def fake() -> Iterator[FakeVpp]:
-    f = FakeVpp()
-    yield f
-    f.close()
-    assert not f.errors, f.errors
+    with fake_vpp() as f:
+        yield f
 
 
 @pytest.fixture

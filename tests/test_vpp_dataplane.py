@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from vpp_env import fake_vpp
 from vppagent.calc.graph import CalcGraph
 from vppagent.dataplane import create_dataplane
 from vppagent.dataplane.base import WiringError, WorkloadWiring
@@ -90,10 +91,8 @@ class Recorder:
 
 @pytest.fixture
 def fake() -> Iterator[FakeVpp]:
-    f = FakeVpp()
-    yield f
-    f.close()
-    assert not f.errors, f.errors
+    with fake_vpp() as f:
+        yield f
 
 
 @pytest.fixture

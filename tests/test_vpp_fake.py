@@ -9,6 +9,7 @@ from typing import Iterator
 
 import pytest
 
+from vpp_env import fake_vpp
 from vppagent.vpp.connection import VppConnection
 from vppagent.vpp.errors import VppApiError, VppArgumentError
 from vppagent.vpp.fake import FIB_SOURCE_API, FIB_SOURCE_INTERFACE, FakeVpp
@@ -19,10 +20,8 @@ TAP_TUN, TAP_PERSIST, TAP_ATTACH, TAP_GSO, TAP_GRO = 16, 4, 8, 1, 32
 
 @pytest.fixture
 def fake() -> Iterator[FakeVpp]:
-    f = FakeVpp(host_interfaces={"eth0", "veth-pod1"}, pci_devices={"pci/0000:00:05.0"})
-    yield f
-    f.close()
-    assert not f.errors, f.errors
+    with fake_vpp(host_interfaces={"eth0", "veth-pod1"}, pci_devices={"pci/0000:00:05.0"}) as f:
+        yield f
 
 
 @pytest.fixture

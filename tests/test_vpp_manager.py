@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from vpp_env import fake_vpp
 from vppagent.dataplane.linux.netlink_ns import open_netns, run_in_netns
 from vppagent.vpp.connection import VppConnection
 from vppagent.vpp.fake import FakeVpp
@@ -286,10 +287,8 @@ def _state() -> LinkState:
 
 @pytest.fixture
 def fake() -> Iterator[FakeVpp]:
-    f = FakeVpp(pci_devices={"pci/0000:3b:02.0"})
-    yield f
-    f.close()
-    assert not f.errors, f.errors
+    with fake_vpp(pci_devices={"pci/0000:3b:02.0"}) as f:
+        yield f
 
 
 def _routes(fake: FakeVpp, af: int, table: int) -> dict[str, Any]:

@@ -63,7 +63,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import yaml
 
-from vpp_env import REQUIRES_VPP, RUN, VPP_BIN, VPP_PLUGIN_PATH, poll
+from vpp_env import REQUIRES_VPP, RUN, VPP_BIN, VPP_PLUGIN_PATH, fake_vpp, poll
 from vppagent.testbed import Node, Pod, api
 from vppagent.testbed.netns import call_in
 from vppagent.testbed.traffic import exchange
@@ -572,10 +572,8 @@ class PodLinuxStub:
 
 @pytest.fixture
 def fake() -> Iterator[FakeVpp]:
-    f = FakeVpp()
-    yield f
-    f.close()
-    assert not f.errors, f.errors
+    with fake_vpp() as f:
+        yield f
 
 
 def uplink(fake: FakeVpp, prefix: str | None = "192.0.2.1/24") -> int:

@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import pytest
 
 from test_vpp_dataplane import FakeLinux, Recorder, make, tagged, wiring
+from vpp_env import fake_vpp
 from vppagent.dataplane.vpp import VppDataplane
 from vppagent.dataplane.vpp.acl_render import PERMIT, PERMIT_REFLECT
 from vppagent.dataplane.vpp.config import HostInterface
@@ -64,10 +65,8 @@ WEB_SET = IPSetUpdate("s:web", IPSetType.NET, frozenset({"10.1.0.1/32"}))
 
 @pytest.fixture
 def fake() -> Iterator[FakeVpp]:
-    f = FakeVpp()
-    yield f
-    f.close()
-    assert not f.errors, f.errors
+    with fake_vpp() as f:
+        yield f
 
 
 def program(fake: FakeVpp, tmp: Path, updates: list[Any], **options: Any) -> tuple[VppDataplane, Recorder]:

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from vpp_env import fake_vpp
 from vppagent.dataplane.base import WorkloadWiring
 from vppagent.dataplane.linux.vxlan import vtep_mac
 from vppagent.dataplane.vpp import VppConfig, VppDataplane
@@ -64,11 +65,9 @@ class Log:
 
 @pytest.fixture
 def fake() -> Iterator[FakeVpp]:
-    f = FakeVpp()
-    codec()
-    yield f
-    f.close()
-    assert not f.errors, f.errors
+    with fake_vpp() as f:
+        codec()
+        yield f
 
 
 def uplink(fake: FakeVpp, *prefixes: str) -> int:

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import pytest
 
 from test_vpp_dataplane import Recorder, make, wiring
+from vpp_env import fake_vpp
 from vppagent.dataplane.base import WiringError
 from vppagent.dataplane.vpp import ConfigError, VppConfig
 from vppagent.dataplane.vpp.cnat_ownership import OwnershipStore
@@ -32,10 +33,8 @@ MIB = 1 << 20
 
 @pytest.fixture
 def fake() -> Iterator[FakeVpp]:
-    f = FakeVpp()
-    yield f
-    f.close()
-    assert not f.errors, f.errors
+    with fake_vpp() as f:
+        yield f
 
 
 # ------------------------------------------------------------------ af_packet rings

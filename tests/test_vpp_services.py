@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from vpp_env import fake_vpp
 from vppagent.dataplane.service_plan import Backend, Frontend, plan_service
 from vppagent.dataplane.vpp import services as svc
 from vppagent.dataplane.vpp.cnat_model import (
@@ -210,10 +211,8 @@ def test_session_ports_are_byte_swapped_back() -> None:
 
 @pytest.fixture
 def fake() -> Iterator[FakeVpp]:
-    f = FakeVpp(host_interfaces={"eth0", "veth-a", "veth-b"})
-    yield f
-    f.close()
-    assert not f.errors, f.errors
+    with fake_vpp(host_interfaces={"eth0", "veth-a", "veth-b"}) as f:
+        yield f
     assert f.crashes == 0, "a request would have crashed VPP (cnat_translation_update without paths?)"
 
 

@@ -18,6 +18,8 @@ the destination namespace.
 
 Everything is removed by ``close()``, also after failures: namespaces (and
 their veths), the VPP process (SIGTERM, then SIGKILL), the runtime directory.
+
+``fake_vpp`` is the fake VPP's counterpart for the tests that do without one.
 """
 
 from __future__ import annotations
@@ -36,11 +38,14 @@ import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import pytest
+
+from vppagent.vpp.fake import FakeVpp
 
 VPP_BIN = os.environ.get("VPP_BIN", "")
 VPP_PLUGIN_PATH = os.environ.get("VPP_PLUGIN_PATH", "")
@@ -79,6 +84,15 @@ def poll(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+@contextmanager
+def fake_vpp(**kwargs: Any) -> Iterator[FakeVpp]:
+    """A ``FakeVpp(**kwargs)``, closed at the end, which must have met no handler errors by then."""
+    fake = FakeVpp(**kwargs)
+    yield fake
+    fake.close()
+    assert not fake.errors, fake.errors
 
 
 class Namespaces:

@@ -2,28 +2,27 @@
 
 One owner thread (the loop in ``Agent.run``) does all calculation and all
 dataplane calls, because dataplane clients such as vpp_papi are not
-thread-safe. gRPC worker threads hand work to it through ``_submit`` and
+thread-safe. gRPC worker threads hand work to it through an ``OwnerQueue`` and
 wait for the result, so an Apply either fully happens or raises.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import ipaddress
 import json
 import logging
-import queue
 import signal
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 from vppagent import __version__
 from vppagent.agent.config import AgentConfig
 from vppagent.agent.health import AgentMetrics, HealthServer
+from vppagent.agent.owner import OwnerQueue
 from vppagent.agent.workloads import CniAddOutcome, WorkloadRecord, WorkloadRegistry
 from vppagent.api.backend import (
     CniAddRequest, CniAddResult, CniCheckRequest, CniDelRequest, CniError, CniIP, EventSubscription,
@@ -45,7 +44,6 @@ from vppagent.sources.factory import create_block_store, create_source
 from vppagent.sources.file import FileSource
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class Agent:
@@ -56,6 +54,7 @@ class Agent:
         self.metrics = AgentMetrics()
         self.graph = CalcGraph(config.node_name)
         self.hub = SyncHub()
+        self._owner = OwnerQueue()           # calculation and dataplane calls: one thread
         self.events = StatusEventBus()
         if dataplane is None:
             try:
@@ -71,7 +70,7 @@ class Agent:
 
             ds = config.datastore
             self.sync_client = SyncClient(ds.address, config.node_name, ds.tls)
-            self.sync_client.on_item = self._wake
+            self.sync_client.on_item = self._owner.wake
             self.ipam = RemoteIPAM(self.sync_client.channel, config.node_name)
         else:
             self.source = create_source(config.datastore, config.datastore_path, config.poll_interval)
@@ -79,46 +78,16 @@ class Agent:
         self.datastore_connected = True
         self.workloads = WorkloadRegistry(config.node_name, config.state_dir)
         self._apply_to_graph(self.workloads.startup_events())
-        self._work: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future]] = queue.Queue()
         self._stop = threading.Event()
         self._started = time.time()
         self.state = "starting"
         self.datastore_in_sync = False
         self._in_sync_sent = False
         self._errors: list[str] = []
-        self._owner = threading.current_thread()
         self.health: HealthServer | None = None
         self.running = threading.Event()
 
     # ------------------------------------------------------------ owner thread
-
-    def _submit(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
-        """Run ``fn`` on the owner thread and return its result (or raise its error)."""
-        if threading.current_thread() is self._owner:
-            return fn()
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._work.put((fn, fut))
-        return fut.result(timeout=timeout)
-
-    def _wake(self) -> None:
-        """Wake the owner loop (it waits on the work queue) so new sync items apply at once."""
-        self._work.put((lambda: None, concurrent.futures.Future()))
-
-    def _drain_work(self, wait: float) -> None:
-        try:
-            fn, fut = self._work.get(timeout=wait)
-        except queue.Empty:
-            return
-        while True:
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fut.set_result(fn())
-                except BaseException as exc:  # handed to the waiting caller
-                    fut.set_exception(exc)
-            try:
-                fn, fut = self._work.get_nowait()
-            except queue.Empty:
-                return
 
     def _publish(self, updates: list[Update], started: float | None = None) -> None:
         """Send updates to the hub (Sync clients) and the local dataplane."""
@@ -210,7 +179,7 @@ class Agent:
             self._errors = errors
 
     def run(self, install_signals: bool = True) -> int:
-        self._owner = threading.current_thread()
+        self._owner.claim()
         from vppagent.api.server import serve
 
         if install_signals:
@@ -249,7 +218,7 @@ class Agent:
                     self.dataplane.run_periodic()
                     next_periodic = now + 1.0
                 wait = min(0.1, max(0.0, next_poll - time.monotonic())) if paced else 0.01
-                self._drain_work(wait=wait)
+                self._owner.drain(wait=wait)
         finally:
             self.state = "stopping"
             self.events.publish("agent", "stopping", "")
@@ -270,10 +239,10 @@ class Agent:
 
     def apply(self, updates: list[Update]) -> None:
         self.hub.check(updates)
-        self._submit(lambda: self._publish(list(updates)))
+        self._owner.submit(lambda: self._publish(list(updates)))
 
     def remove(self, keys: list[RemoveKey]) -> None:
-        self._submit(lambda: self._publish(list(keys)))
+        self._owner.submit(lambda: self._publish(list(keys)))
 
     def ready(self) -> bool:
         dp = self.dataplane.status()
@@ -303,7 +272,7 @@ class Agent:
 
     def dump(self) -> tuple[list[Update], str]:
         _, desired = self.hub.snapshot()
-        actual = self._submit(self.dataplane.dump)
+        actual = self._owner.submit(self.dataplane.dump)
         return desired, json.dumps(actual, default=str, sort_keys=True)
 
     def status_events(self) -> EventSubscription:
@@ -312,13 +281,13 @@ class Agent:
     # ------------------------------------------------------------ CNI
 
     def cni_add(self, req: CniAddRequest) -> CniAddResult:
-        return self._submit(lambda: self._cni_add(req))
+        return self._owner.submit(lambda: self._cni_add(req))
 
     def cni_del(self, req: CniDelRequest) -> None:
-        self._submit(lambda: self._cni_del(req))
+        self._owner.submit(lambda: self._cni_del(req))
 
     def cni_check(self, req: CniCheckRequest) -> list[str]:
-        return self._submit(lambda: self._cni_check(req))
+        return self._owner.submit(lambda: self._cni_check(req))
 
     def _apply_to_graph(self, events: list[SourceEvent]) -> None:
         for ev in events:

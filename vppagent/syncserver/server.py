@@ -8,19 +8,18 @@ connect with ``datastore: {type: sync}`` and receive only their share.
 
 from __future__ import annotations
 
-import concurrent.futures
 import ipaddress
 import json
 import logging
-import queue
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 from vppagent import __version__
 from vppagent.agent.health import AgentMetrics, HealthServer
+from vppagent.agent.owner import OwnerQueue
 from vppagent.api.backend import CniError, EventSubscription
 from vppagent.api.sync_hub import DEFAULT_MAX_QUEUE, StatusEventBus, Subscription
 from vppagent.calc.graph import CalcGraph
@@ -38,7 +37,6 @@ from vppagent.syncserver.fanout import Fanout
 from vppagent.syncserver.pod_addresses import PodAddresses
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,9 +66,8 @@ class SyncServer:
         self.metrics = AgentMetrics()
         self.addresses = PodAddresses()
         self._affinities: dict[str, str] = {}
-        self._work: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future]] = queue.Queue()
         self._stop = threading.Event()
-        self._owner = threading.current_thread()
+        self._owner = OwnerQueue()           # the calculation, fan-out and IPAM's thread
         self._started = time.time()
         self.state = "starting"
         self.in_sync = False
@@ -97,25 +94,6 @@ class SyncServer:
                 self._affinities[key] = b.affinity
                 out.append(Upsert(BlockAffinity(b.cidr, b.affinity)))
         return out
-
-    def _submit(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
-        if threading.current_thread() is self._owner:
-            return fn()
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._work.put((fn, fut))
-        return fut.result(timeout=timeout)
-
-    def _drain_work(self) -> None:
-        while True:
-            try:
-                fn, fut = self._work.get_nowait()
-            except queue.Empty:
-                return
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fut.set_result(fn())
-                except BaseException as exc:   # handed to the waiting RPC
-                    fut.set_exception(exc)
 
     def _apply(self, events: list[SourceEvent]) -> None:
         for ev in events:
@@ -169,13 +147,13 @@ class SyncServer:
         events = self.source.poll(timeout)
         if events:
             self.process(events)
-        self._drain_work()
+        self._owner.drain()
 
     def run(self, install_signals: bool = True) -> int:
         from vppagent.api.server import serve
         from vppagent.ipam.remote import add_ipam_service
 
-        self._owner = threading.current_thread()
+        self._owner.claim()
         if install_signals:
             signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
             signal.signal(signal.SIGINT, lambda *_: self._stop.set())
@@ -269,7 +247,7 @@ class SyncServer:
             self._apply(events)
             self._flush()
             return ips
-        return self._submit(run)
+        return self._owner.submit(run)
 
     def _claimed_blocks(self, ips: list[IPInterface]) -> list[SourceEvent]:
         """Affinity events for blocks this assignment claimed."""
@@ -284,10 +262,10 @@ class SyncServer:
             self._apply(self.addresses.drop_handle(handle))
             self._flush()
             return freed
-        return self._submit(run)
+        return self._owner.submit(run)
 
     def ipam_addresses(self, handle: str) -> list[IPAddress]:
-        return self._submit(lambda: self._ipam("").addresses(handle))
+        return self._owner.submit(lambda: self._ipam("").addresses(handle))
 
 
 def run_sync_server(config: SyncServerConfig, source: Source, blocks: BlockStore) -> int:

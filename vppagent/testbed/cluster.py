@@ -36,7 +36,6 @@ import os
 import secrets
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
@@ -48,6 +47,7 @@ from vppagent.testbed.netns import Namespaces, run
 from vppagent.testbed.node import Node
 from vppagent.testbed.registry import Record, reap_stale
 from vppagent.testbed.vpp_node import VppRuntime, reap_orphans
+from vppagent.testbed.wait import wait_for
 
 POD_POOL = "10.66.0.0/16"
 
@@ -79,11 +79,11 @@ class Cluster:
         self.vpp_options = dict(vpp or {})
         self._vpp: dict[str, VppRuntime] = {}          # node name -> its VPP (VPP nodes only)
         self._record = Record(self.token, os.getpid(), str(self.tmp))
-        self._ns = Namespaces(on_change=self._record_netns)
+        self._ns = Namespaces(on_change=self._record.set_netns)
         args = list(sync_args) if sync_args is not None else [
             "--datastore", "file", "--path", str(self.manifests), "--poll-interval", str(poll_interval)]
         self.sync = AgentRunner("", self.tmp / "unused", self.socket, self.tmp / "sync.log", "none",
-                                on_pid=self._record_sync, command=[
+                                on_pid=self._record.set_agent_pid, command=[
                                     "sync", *args, "--socket", self.socket, "--health-port", "0",
                                     "--state-dir", str(self.tmp / "sync-state"), "--log-level", log_level])
         self._closed = False
@@ -95,16 +95,6 @@ class Cluster:
         except BaseException:
             self.close()
             raise
-
-    # -- bookkeeping ---------------------------------------------------------------------
-
-    def _record_netns(self, names: list[str]) -> None:
-        self._record.netns = names
-        self._record.save()
-
-    def _record_sync(self, pid: int | None) -> None:
-        self._record.agent_pid = pid
-        self._record.save()
 
     # -- topology --------------------------------------------------------------------------
 
@@ -240,15 +230,13 @@ class Cluster:
         return run(["ip", "-n", node.netns, "route", "show"]).stdout.splitlines()
 
     def wait_for(self, cond: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = cond()
-            if value:
-                return value
-            time.sleep(0.02)
+        """``wait_for`` with the sync layer's, every agent's and every VPP's log tails on a timeout."""
+        return wait_for(cond, timeout, what, diag=self._logs)
+
+    def _logs(self) -> str:
         logs = "\n".join(f"--- {n.name}:\n{n.agent_log()[-1500:]}" for n in self.nodes)
         logs += "".join(f"\n--- VPP of {name}:\n{r.diag(1000)}" for name, r in self._vpp.items())
-        raise AssertionError(f"timed out waiting for {what}\n--- sync:\n{self.sync.log_text()[-1500:]}\n{logs}")
+        return f"--- sync:\n{self.sync.log_text()[-1500:]}\n{logs}"
 
     def wait_for_route(self, node: Node, pod: Pod, timeout: float = 20.0) -> None:
         """Until ``node`` routes to the block holding ``pod``'s address (skipped for its own pods)."""

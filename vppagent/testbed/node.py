@@ -77,9 +77,9 @@ class Node:
         self.health_port = HEALTH_PORT
         self.pods: dict[str, Pod] = {}
         self._record = Record(self.token, os.getpid(), str(self.tmp))
-        self._ns = Namespaces(on_change=self._record_netns)
+        self._ns = Namespaces(on_change=self._record.set_netns)
         self._runner = AgentRunner(self.netns, self.config_path, self.socket, self.log, dataplane,
-                                   on_pid=self._record_agent)
+                                   on_pid=self._record.set_agent_pid)
         self._listeners: list[Listener] = []
         self._conns: list[socket.socket] = []
         self._namespaces_written: set[str] = set()
@@ -92,16 +92,6 @@ class Node:
         except BaseException:
             self.close()
             raise
-
-    # -- bookkeeping ---------------------------------------------------------------------
-
-    def _record_netns(self, names: list[str]) -> None:
-        self._record.netns = names
-        self._record.save()
-
-    def _record_agent(self, pid: int | None) -> None:
-        self._record.agent_pid = pid
-        self._record.save()
 
     @property
     def agent(self) -> Any:

@@ -39,6 +39,16 @@ class Record:
             tmp.write_text(json.dumps(asdict(self)))
             os.replace(tmp, path)
 
+    def set_netns(self, names: list[str]) -> None:
+        """The namespaces now held (a ``Namespaces`` on_change callback); saved."""
+        self.netns = names
+        self.save()
+
+    def set_agent_pid(self, pid: int | None) -> None:
+        """The agent process now running, or None (an ``AgentRunner`` on_pid callback); saved."""
+        self.agent_pid = pid
+        self.save()
+
     def drop(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             (REGISTRY / f"{self.token}.json").unlink()

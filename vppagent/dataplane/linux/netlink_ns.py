@@ -6,6 +6,8 @@ slow and unsafe in a threaded agent. ``setns(2)`` only changes the calling
 enters the namespace: sockets it creates (an ``IPRoute``) and ``/proc/sys/net``
 files it opens belong to that namespace, and the agent's own threads never
 leave theirs.
+
+The link helpers import pyroute2 only when called, so importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import ctypes
 import errno
 import os
 import threading
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
@@ -122,3 +124,32 @@ def spawn_in_netns(fd: int, fn: Callable[[], object], name: str = "netns-thread"
     if failure:
         raise failure[0]
     return thread
+
+
+def get_link(ipr: Any, name: str) -> Any | None:
+    """The link message for ``name`` or None (one RTM_GETLINK, no dump)."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        return ipr.link("get", ifname=name)[0]
+    except NetlinkError as exc:
+        if exc.code in (errno.ENODEV, errno.ENOENT):
+            return None
+        raise
+
+
+def link_kind(link: Any) -> str | None:
+    """A link message's ``IFLA_INFO_KIND`` ("veth", "vxlan", …), or None."""
+    info = link.get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
+
+
+def delete_link(ipr: Any, index: int) -> None:
+    """Delete the link ``index``; one already gone is fine."""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as exc:
+        if exc.code not in (errno.ENODEV, errno.ENOENT):
+            raise

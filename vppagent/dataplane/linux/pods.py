@@ -27,7 +27,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from vppagent.dataplane.base import WiredWorkload, WiringError, WorkloadWiring
 from vppagent.dataplane.linux.netlink_ns import (
-    NetnsGone, netns_exists, open_netns, run_in_netns, write_sysctl,
+    NetnsGone, delete_link, get_link, link_kind, netns_exists, open_netns, run_in_netns, write_sysctl,
 )
 
 log = logging.getLogger(__name__)
@@ -48,34 +48,11 @@ def _host_prefix(ip: IPInterface) -> IPInterface:
     return ipaddress.ip_interface(f"{ip.ip}/{ip.max_prefixlen}")
 
 
-def _kind(msg: Any) -> str | None:
-    info = msg.get_attr("IFLA_LINKINFO")
-    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
-
-
-def get_link(ipr: IPRoute, name: str) -> Any | None:
-    """The link message for ``name`` or None (one RTM_GETLINK, no dump)."""
-    try:
-        return ipr.link("get", ifname=name)[0]
-    except NetlinkError as exc:
-        if exc.code in (errno.ENODEV, errno.ENOENT):
-            return None
-        raise
-
-
 def _random_mac() -> str:
     """A random locally administered unicast MAC (set at creation: saves a read-back)."""
     b = bytearray(os.urandom(6))
     b[0] = (b[0] & 0xFE) | 0x02
     return ":".join(f"{x:02x}" for x in b)
-
-
-def _delete_link(ipr: IPRoute, index: int) -> None:
-    try:
-        ipr.link("del", index=index)
-    except NetlinkError as exc:
-        if exc.code not in (errno.ENODEV, errno.ENOENT):
-            raise
 
 
 def _describe(exc: BaseException) -> str:
@@ -127,7 +104,7 @@ class LinuxPodNetwork:
                                           " that name already exists there")
                     if not self._pair_matches(ipr, host, nsfd, pod_name):
                         log.info("replacing stale %s (not the veth of %s)", host_name, wiring.netns)
-                        _delete_link(ipr, host["index"])
+                        delete_link(ipr, host["index"])
                         created = self._create_veth(ipr, host_name, pod_name, nsfd, mtu, pod_mac, wiring.netns,
                                                     must=True)
                         host = get_link(ipr, host_name)
@@ -140,7 +117,7 @@ class LinuxPodNetwork:
                     self._configure_host(ipr, host, mtu, ips, pod.mac, fresh=created)
                 except Exception:
                     if created:
-                        _delete_link(ipr, host["index"])
+                        delete_link(ipr, host["index"])
                     raise
                 return WiredWorkload(host_interface_name=host_name, host_mac=HOST_MAC, container_mac=pod.mac)
         except WiringError:
@@ -154,7 +131,7 @@ class LinuxPodNetwork:
 
     def _pair_matches(self, ipr: IPRoute, host: Any, nsfd: int, pod_name: str) -> bool:
         """Whether ``host`` is a veth whose peer is ``pod_name`` in the pod's netns."""
-        if _kind(host) != "veth":
+        if link_kind(host) != "veth":
             return False
 
         def peer() -> tuple[int, int | None] | None:
@@ -264,7 +241,7 @@ class LinuxPodNetwork:
             with IPRoute() as ipr:
                 host = get_link(ipr, wiring.host_interface_name)
                 if host is not None:
-                    _delete_link(ipr, host["index"])
+                    delete_link(ipr, host["index"])
                     return
             if wiring.netns and netns_exists(wiring.netns):
                 # Only the pod side is left (e.g. the host side was removed by hand).
@@ -283,8 +260,8 @@ class LinuxPodNetwork:
     def _delete_orphan(name: str) -> None:
         with IPRoute() as ipr:
             link = get_link(ipr, name)
-            if link is not None and _kind(link) == "veth":
-                _delete_link(ipr, link["index"])
+            if link is not None and link_kind(link) == "veth":
+                delete_link(ipr, link["index"])
 
     # ------------------------------------------------------------------ CHECK
 
@@ -314,8 +291,8 @@ class LinuxPodNetwork:
 def _check_host(ipr: IPRoute, host: Any, mtu: int, ips: tuple[IPInterface, ...]) -> list[str]:
     name, idx = host.get_attr("IFLA_IFNAME"), host["index"]
     drift = []
-    if _kind(host) != "veth":
-        drift.append(f"{name} is a {_kind(host) or 'non-veth'} interface, not a veth")
+    if link_kind(host) != "veth":
+        drift.append(f"{name} is a {link_kind(host) or 'non-veth'} interface, not a veth")
     if not host["flags"] & IFF_UP:
         drift.append(f"{name} is down")
     if host.get_attr("IFLA_ADDRESS") != HOST_MAC:

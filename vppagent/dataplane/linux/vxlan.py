@@ -30,8 +30,9 @@ from __future__ import annotations
 import errno
 import hashlib
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
+from vppagent.dataplane.linux.netlink_ns import delete_link, get_link, link_kind
 from vppagent.reconciler import Descriptor
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,20 +90,12 @@ class VxlanPeerValue:
     mac: str                      # the peer's vtep_mac
 
 
-def _kind(link: Any) -> str | None:
-    info = link.get_attr("IFLA_LINKINFO")
-    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
-
-
-def _get_link(ipr: Any, name: str) -> Any | None:
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    try:
-        return ipr.link("get", ifname=name)[0]
-    except NetlinkError as exc:
-        if exc.code in (errno.ENODEV, errno.ENOENT):
-            return None
-        raise
+def _devices(ipr: Any) -> Iterator[tuple[int, str, Any]]:
+    """The overlay devices that exist: (family, name, link message)."""
+    for family, name in DEVICES.items():
+        link = get_link(ipr, name)
+        if link is not None:
+            yield family, name, link
 
 
 SIOCETHTOOL, ETHTOOL_GTXCSUM, ETHTOOL_STXCSUM = 0x8946, 0x16, 0x17
@@ -162,7 +155,7 @@ class VxlanDeviceDescriptor(Descriptor[VxlanDeviceKey, VxlanDeviceValue]):
                 attrs["vxlan_udp_csum"] = int(value.udp_csum)
             ipr.link("add", ifname=DEVICES[key.family], kind="vxlan", address=value.mac,
                      mtu=self._mtu(ipr, key, value), **attrs)
-            link = _get_link(ipr, DEVICES[key.family])
+            link = get_link(ipr, DEVICES[key.family])
             if link is None:
                 raise RuntimeError(f"{DEVICES[key.family]} vanished right after it was created")
             ethtool_value(DEVICES[key.family], ETHTOOL_STXCSUM, int(value.tx_csum_offload))
@@ -173,7 +166,7 @@ class VxlanDeviceDescriptor(Descriptor[VxlanDeviceKey, VxlanDeviceValue]):
 
     def update(self, key: VxlanDeviceKey, old: VxlanDeviceValue, new: VxlanDeviceValue, metadata: Any) -> int:
         def go(ipr: Any) -> int:
-            link = _get_link(ipr, DEVICES[key.family])
+            link = get_link(ipr, DEVICES[key.family])
             if link is None:
                 raise RuntimeError(f"{DEVICES[key.family]} is gone")
             ipr.link("set", index=link["index"], mtu=self._mtu(ipr, key, new))
@@ -187,16 +180,10 @@ class VxlanDeviceDescriptor(Descriptor[VxlanDeviceKey, VxlanDeviceValue]):
         return replace(old, mtu=0, tx_csum_offload=False) != replace(new, mtu=0, tx_csum_offload=False)
 
     def delete(self, key: VxlanDeviceKey, value: VxlanDeviceValue, metadata: Any) -> None:
-        from pyroute2.netlink.exceptions import NetlinkError
-
         def go(ipr: Any) -> None:
-            link = _get_link(ipr, DEVICES[key.family])
+            link = get_link(ipr, DEVICES[key.family])
             if link is not None:
-                try:
-                    ipr.link("del", index=link["index"])
-                except NetlinkError as exc:
-                    if exc.code not in (errno.ENODEV, errno.ENOENT):
-                        raise
+                delete_link(ipr, link["index"])
         self.netlink.run(go)
 
     def equivalent(self, key: VxlanDeviceKey, desired: VxlanDeviceValue, actual: VxlanDeviceValue) -> bool:
@@ -208,12 +195,9 @@ class VxlanDeviceDescriptor(Descriptor[VxlanDeviceKey, VxlanDeviceValue]):
     def dump(self) -> Mapping[VxlanDeviceKey, tuple[VxlanDeviceValue, Any]]:
         def go(ipr: Any) -> dict[VxlanDeviceKey, tuple[VxlanDeviceValue, Any]]:
             out = {}
-            for family, name in DEVICES.items():
-                link = _get_link(ipr, name)
-                if link is None:
-                    continue
+            for family, name, link in _devices(ipr):
                 self._auto_mtu[family] = underlay_mtu(ipr, family) - OVERHEAD[family]
-                if _kind(link) != "vxlan":      # our name on something else: replaced
+                if link_kind(link) != "vxlan":      # our name on something else: replaced
                     value = VxlanDeviceValue(mac="", vni=-1)
                 else:
                     data = link.get_attr("IFLA_LINKINFO").get_attr("IFLA_INFO_DATA")
@@ -248,7 +232,7 @@ class VxlanPeerDescriptor(Descriptor[VxlanPeerKey, VxlanPeerValue]):
 
     def _write(self, key: VxlanPeerKey, mac: str, stale: Iterable[str]) -> frozenset[str]:
         def go(ipr: Any) -> frozenset[str]:
-            link = _get_link(ipr, DEVICES[key.family])
+            link = get_link(ipr, DEVICES[key.family])
             if link is None:
                 raise RuntimeError(f"{DEVICES[key.family]} does not exist")
             idx = int(link["index"])
@@ -267,7 +251,7 @@ class VxlanPeerDescriptor(Descriptor[VxlanPeerKey, VxlanPeerValue]):
 
     def delete(self, key: VxlanPeerKey, value: VxlanPeerValue, metadata: Any) -> None:
         def go(ipr: Any) -> None:
-            link = _get_link(ipr, DEVICES[key.family])
+            link = get_link(ipr, DEVICES[key.family])
             if link is None:
                 return                   # the device took its entries along
             idx = int(link["index"])
@@ -279,10 +263,7 @@ class VxlanPeerDescriptor(Descriptor[VxlanPeerKey, VxlanPeerValue]):
     def dump(self) -> Mapping[VxlanPeerKey, tuple[VxlanPeerValue, Any]]:
         def go(ipr: Any) -> dict[VxlanPeerKey, tuple[VxlanPeerValue, Any]]:
             out = {}
-            for family, name in DEVICES.items():
-                link = _get_link(ipr, name)
-                if link is None:
-                    continue
+            for family, name, link in _devices(ipr):
                 idx = int(link["index"])
                 fdb: dict[str, set[str]] = {}
                 for f in ipr.fdb("dump", ifindex=idx):

@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 from vppagent.dataplane.base import WiringError
-from vppagent.dataplane.linux.pods import get_link as _link
-from vppagent.dataplane.linux.netlink_ns import NetnsGone, netns_exists, open_netns, run_in_netns, write_sysctl
+from vppagent.dataplane.linux.netlink_ns import (
+    NetnsGone, get_link as _link, netns_exists, open_netns, run_in_netns, write_sysctl,
+)
 
 GATEWAY_V4 = "169.254.1.1"
 GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"
