@@ -14,7 +14,7 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from vppagent import __version__
@@ -49,7 +49,6 @@ class SyncServerConfig:
     max_queue: int = DEFAULT_MAX_QUEUE
     default_pools: tuple[str, ...] = ("10.65.0.0/16",)
     log_level: str = "info"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class SyncServer:
