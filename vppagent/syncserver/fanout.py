@@ -65,16 +65,6 @@ class Fanout:
         with self._lock:
             return self._stream(node).hub.subscribe(name or node, max_queue)
 
-    def node_state(self, node: str) -> DataplaneState:
-        """A copy of what ``node`` has been sent (tests, status)."""
-        with self._lock:
-            stream = self._stream(node)
-            with stream.hub.locked_state() as st:
-                copy = DataplaneState()
-                copy.apply_all(st.snapshot())
-                copy.in_sync = st.in_sync
-                return copy
-
     # ---- what the gRPC server expects of a hub (status, dump) ----
 
     @property
