@@ -28,12 +28,10 @@ import os
 import random
 import selectors
 import socket
-import struct
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Sequence
 
 import pytest
@@ -46,6 +44,7 @@ from vppagent.evaluator import build_evaluator, make_packet
 from vppagent.evaluator.packet import Packet
 from vppagent.manifests.loader import load_objects
 from vppagent.model.updates import InSync, WorkloadEndpointInfo
+from vppagent.testbed.probes import Marking, NetnsSockets, Probe, run_probes
 
 pytestmark = [
     pytest.mark.root,
@@ -196,195 +195,20 @@ ip -n {c} -6 route add default via fd99::1
 
 # -- probes -----------------------------------------------------------------------------------
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
+PROBE_SETTLE, PROBE_DEADLINE = 0.5, 3.0
+# Scenarios of a file share the node's conntrack table: every probe must be a fresh flow.
+IPT_MARKING = Marking(fresh_flows=True)
 
 
-@lru_cache(maxsize=1)
-def _crc32c_table() -> list[int]:
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-def _crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    table = _crc32c_table()
-    for b in data:
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def sctp_init(sport: int, dport: int) -> bytes:
-    """A valid SCTP INIT (conntrack checks the CRC32c and the chunk)."""
-    chunk = struct.pack("!BBHIIHHI", 1, 0, 20, random.randrange(1, 2 ** 32), 65535, 1, 1, 1)
-    packet = struct.pack("!HHII", sport, dport, 0, 0) + chunk
-    crc = _crc32c(packet)
-    return packet[:8] + struct.pack("<I", crc) + packet[12:]
-
-
-@dataclass
-class Probe:
-    """One packet of a case: sent from ``src_ns``, looked for in ``dst_ns``."""
-
-    name: str
-    src_ns: str
-    dst_ns: str
-    packet: Packet
-    token: bytes = field(default_factory=lambda: os.urandom(8).hex().encode())
-    sport: int = 0
-    delivered: bool = False
-
-    @property
-    def family(self) -> int:
-        return self.packet.dst.version
-
-
-class ProbeRun:
-    """Listeners in the destination namespaces, all probes sent at once, arrivals recorded."""
-
-    def __init__(self, probes: Sequence[Probe]) -> None:
-        self.probes = list(probes)
-        self.sel = selectors.DefaultSelector()
-        self.sockets: list[socket.socket] = []
-        self.listeners: dict[tuple, socket.socket] = {}
-        self.by_token = {p.token: p for p in self.probes}
-        self.by_sctp: dict[tuple[str, int], Probe] = {}
-
-    def _sock(self, ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
-        with in_netns(ns):
-            s = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6, kind, proto)
-        self.sockets.append(s)
-        return s
-
-    def _listen(self, p: Probe) -> None:
-        pkt = p.packet
-        fam = p.family
-        if pkt.protocol in (6, 17):
-            key = (p.dst_ns, fam, pkt.protocol, pkt.dst_port)
-        else:
-            key = (p.dst_ns, fam, pkt.protocol)
-        if key in self.listeners:
-            return
-        if pkt.protocol in (6, 17):
-            s = self._sock(p.dst_ns, fam, socket.SOCK_STREAM if pkt.protocol == 6 else socket.SOCK_DGRAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if fam == 6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            s.bind(("0.0.0.0" if fam == 4 else "::", pkt.dst_port))
-            if pkt.protocol == 6:
-                s.listen(256)
-        else:
-            s = self._sock(p.dst_ns, fam, socket.SOCK_RAW, pkt.protocol)
-        s.setblocking(False)
-        self.sel.register(s, selectors.EVENT_READ, ("listen", pkt.protocol))
-        self.listeners[key] = s
-
-    def _send(self, p: Probe) -> None:
-        pkt = p.packet
-        src, dst = str(pkt.src), str(pkt.dst)
-        if pkt.protocol == 6:
-            s = self._sock(p.src_ns, p.family, socket.SOCK_STREAM)
-            s.bind((src, 0))
-            s.setblocking(False)
-            s.connect_ex((dst, pkt.dst_port))
-            self.sel.register(s, selectors.EVENT_WRITE, ("connect", p))
-        elif pkt.protocol == 17:
-            s = self._sock(p.src_ns, p.family, socket.SOCK_DGRAM)
-            s.bind((src, 0))
-            for _ in range(2):
-                s.sendto(p.token, (dst, pkt.dst_port))
-        elif pkt.protocol in (1, 58):
-            s = self._sock(p.src_ns, p.family, socket.SOCK_RAW, pkt.protocol)
-            s.bind((src, 0))
-            ident = random.randrange(1, 65535)
-            header = struct.pack("!BBHHH", pkt.icmp_type or 0, pkt.icmp_code or 0, 0, ident, 1)
-            data = header + p.token
-            if pkt.protocol == 1:
-                data = data[:2] + struct.pack("!H", _checksum(data)) + data[4:]
-            for _ in range(2):   # (the kernel computes ICMPv6 checksums itself)
-                s.sendto(data, (dst, 0))
-        elif pkt.protocol == 132:
-            s = self._sock(p.src_ns, p.family, socket.SOCK_RAW, 132)
-            s.bind((src, 0))
-            p.sport = random.randrange(20000, 60000)
-            self.by_sctp[(src, p.sport)] = p
-            s.sendto(sctp_init(p.sport, pkt.dst_port or 9), (dst, 0))
-        else:
-            raise ValueError(f"cannot probe protocol {pkt.protocol}")
-
-    def _arrived(self, data: bytes, proto: int, sender: str | None = None) -> None:
-        if proto == 132:
-            # v4 raw sockets deliver the IP header: skip it to reach the SCTP ports.
-            off = (data[0] & 0x0F) * 4 if data and data[0] >> 4 == 4 else 0
-            if len(data) >= off + 4 and sender is not None:
-                sport = struct.unpack("!H", data[off:off + 2])[0]
-                p = self.by_sctp.get((sender, sport))
-                if p is not None:
-                    p.delivered = True
-            return
-        for tok, p in self.by_token.items():
-            if tok in data:
-                p.delivered = True
-
-    def run(self, settle: float = 0.5, deadline: float = 3.0, expect: set[str] | None = None) -> None:
-        """Send everything, then collect until the expected arrivals are in and ``settle`` has passed."""
-        for p in self.probes:
-            self._listen(p)
-        for p in self.probes:
-            self._send(p)
-        start = time.monotonic()
-        waiting = set(expect or ())
-        while True:
-            now = time.monotonic()
-            done = {p.name for p in self.probes if p.delivered}
-            if now - start > deadline or (now - start >= settle and waiting <= done):
-                break
-            for key, _ in self.sel.select(timeout=0.05):
-                self._event(key)
-
-    def _event(self, key: selectors.SelectorKey) -> None:
-        what, arg = key.data
-        s: socket.socket = key.fileobj   # type: ignore[assignment]
-        if what == "connect":
-            self.sel.unregister(s)
-            if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
-                with contextlib.suppress(OSError):
-                    s.send(arg.token)
-        elif what == "listen" and arg == 6:
-            with contextlib.suppress(BlockingIOError):
-                conn, _ = s.accept()
-                conn.setblocking(False)
-                self.sockets.append(conn)
-                self.sel.register(conn, selectors.EVENT_READ, ("data", 6))
-        else:
-            with contextlib.suppress(BlockingIOError, ConnectionError):
-                data, sender = s.recvfrom(65535)
-                if data:
-                    self._arrived(data, arg, sender[0] if sender else None)
-
-    def close(self) -> None:
-        self.sel.close()
-        for s in self.sockets:
-            s.close()
-
-
-def probe(probes: Sequence[Probe], expect: set[str]) -> dict[str, bool]:
-    runner = ProbeRun(probes)
+def probe(probes: list[Probe], names: Sequence[str], expect: set[str]) -> dict[str, bool]:
+    """Run ``probes`` (``names[p.idx]`` names each), done early once everything in ``expect`` arrived."""
+    socks = NetnsSockets()
     try:
-        runner.run(expect=expect)
+        run_probes(socks, probes, PROBE_DEADLINE, IPT_MARKING, settle=PROBE_SETTLE,
+                   expect={p.idx for p in probes if names[p.idx] in expect})
     finally:
-        runner.close()
-    return {p.name: p.delivered for p in probes}
+        socks.close()
+    return {names[p.idx]: p.delivered for p in probes}
 
 
 # -- the conformance replay -----------------------------------------------------------------
@@ -475,7 +299,9 @@ def replay(cases: Sequence[Case], backend: str = "nft") -> list[str]:
             if not topo.pods:
                 topo.add_pods(u.endpoint for u in updates if type(u).__name__ == "WorkloadEndpointUpdate")
             topo.set_node_ips(sc.node_ips)
-            probes, expected = [], {}
+            probes: list[Probe] = []
+            names: list[str] = []
+            expected: dict[str, bool] = {}
             for case in sc.cases:
                 pkt = make_packet(ev, case.src, case.dst, case.icmp)
                 verdict = ev.evaluate(pkt).verdict
@@ -483,27 +309,30 @@ def replay(cases: Sequence[Case], backend: str = "nft") -> list[str]:
                 for ip in (str(pkt.src), str(pkt.dst)):
                     if topo.netns_of(ip) == topo.client:
                         topo.add_client_ips([ip])
-                probes.append(Probe(case.name, topo.netns_of(str(pkt.src)), topo.netns_of(str(pkt.dst)), pkt))
+                probes.append(Probe(len(probes), topo.netns_of(str(pkt.src)), topo.netns_of(str(pkt.dst)), pkt))
+                names.append(case.name)
                 expected[case.name] = verdict == "allow"
             start_dataplane(topo, updates, backend=backend)
-            invalid = {p.name for p in probes if conntrack_invalid(p.packet)}
-            got = probe(probes, {n for n, ok in expected.items() if ok and n not in invalid})
+            invalid = {names[p.idx] for p in probes if conntrack_invalid(p.pkt)}
+            got = probe(probes, names, {n for n, ok in expected.items() if ok and n not in invalid})
             for p in probes:
-                want = expected[p.name] and p.name not in invalid
-                if got[p.name] != want:
-                    problems.append(f"{file}::{p.name}: {p.packet.describe()} delivered={got[p.name]}, "
+                name = names[p.idx]
+                want = expected[name] and name not in invalid
+                if got[name] != want:
+                    problems.append(f"{file}::{name}: {p.pkt.describe()} delivered={got[name]}, "
                                     f"expected {'allow' if want else 'deny'}"
-                                    + (" (conntrack INVALID, dropped before policy)" if p.name in invalid else ""))
+                                    + (" (conntrack INVALID, dropped before policy)" if name in invalid else ""))
             if invalid:
                 # Without the INVALID check, policy alone decides: it must equal the evaluator.
                 start_dataplane(topo, updates, backend=backend, drop_invalid=False)
-                again = [Probe(p.name, p.src_ns, p.dst_ns, p.packet) for p in probes if p.name in invalid]
-                got = probe(again, {p.name for p in again if expected[p.name]})
+                again = [Probe(p.idx, p.src_ns, p.dst_ns, p.pkt) for p in probes if names[p.idx] in invalid]
+                got = probe(again, names, {names[p.idx] for p in again if expected[names[p.idx]]})
                 for p in again:
-                    if got[p.name] != expected[p.name]:
-                        problems.append(f"{file}::{p.name} (dropInvalid false): {p.packet.describe()} "
-                                        f"delivered={got[p.name]}, evaluator says "
-                                        f"{'allow' if expected[p.name] else 'deny'}")
+                    name = names[p.idx]
+                    if got[name] != expected[name]:
+                        problems.append(f"{file}::{name} (dropInvalid false): {p.pkt.describe()} "
+                                        f"delivered={got[name]}, evaluator says "
+                                        f"{'allow' if expected[name] else 'deny'}")
     return problems
 
 

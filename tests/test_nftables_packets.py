@@ -17,16 +17,12 @@ ICMP when the datagram reaches a socket in the destination namespace.
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import ipaddress
 import os
 import secrets
 import selectors
 import shutil
 import socket
-import struct
-import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,121 +38,24 @@ from vppagent.evaluator import Packet, build_evaluator, make_packet
 from vppagent.manifests.loader import load_objects
 from vppagent.model.resources import HostEndpoint, WorkloadEndpoint
 from vppagent.model.updates import InSync
+from vppagent.testbed.probes import IPAddr, Namespaces, NetnsSockets, Probe, ip_batch, run
+from vppagent.testbed.probes import run_probes as probes_run
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("ip"),
     reason="needs root, nft and iproute2 (network namespaces)")
 
 RUN = f"{os.getpid() % 100000:x}{secrets.token_hex(2)}"
-CLONE_NEWNET = 0x40000000
 PROBE_TIMEOUT = 0.8
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 # -- namespaces and commands -------------------------------------------------------------
-
-def run(argv: list[str], stdin: str | None = None) -> str:
-    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed: {proc.stderr.strip()}\n{stdin or ''}")
-    return proc.stdout
-
-
-def ip_batch(ns: str | None, lines: list[str]) -> None:
-    """Many ``ip`` commands in one process (inside ``ns`` when given)."""
-    if lines:
-        run(["ip", *(["-n", ns] if ns else []), "-batch", "-"], "\n".join(lines) + "\n")
-
 
 def sysctl(ns: str, settings: dict[str, str]) -> None:
     run(["ip", "netns", "exec", ns, "sysctl", "-qw", *(f"{k}={v}" for k, v in settings.items())])
 
 
-class Namespaces:
-    """Named namespaces for one test group; ``close`` deletes every one, even after failures."""
-
-    def __init__(self, group: str) -> None:
-        self.prefix = f"vpa{RUN}{group}"
-        self.names: list[str] = []
-
-    def add(self, *shorts: str) -> list[str]:
-        names = [f"{self.prefix}-{s}" for s in shorts]
-        try:
-            ip_batch(None, [f"netns add {n}" for n in names])
-        finally:
-            self.names += [n for n in names if os.path.exists(f"/run/netns/{n}")]
-        return names
-
-    def close(self) -> None:
-        names, self.names = self.names, []
-        if names:
-            subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {n}\n" for n in names),
-                           capture_output=True, text=True, timeout=60)
-
-
-class NetnsSockets:
-    """Opens sockets inside named namespaces from one dedicated thread.
-
-    setns(2) on a network namespace affects only the calling thread, so the
-    worker enters the namespace, opens the socket and returns home; nothing
-    else ever runs on that thread (no subprocess can inherit a namespace by
-    mistake). A failed return home retires the thread.
-    """
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netns-sockets")
-        self._home: int | None = None
-        self._broken = False
-
-    def socket(self, ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
-        return self._pool.submit(self._open, ns, family, kind, proto).result()
-
-    def _open(self, ns: str, family: int, kind: int, proto: int) -> socket.socket:
-        self._enter(ns)
-        try:
-            return socket.socket(family, kind, proto)
-        finally:
-            self._leave()
-
-    def read(self, ns: str, path: str) -> str:
-        """Read a per-namespace file such as /proc/thread-self/net/if_inet6 inside ``ns``."""
-        def read() -> str:
-            self._enter(ns)
-            try:
-                with open(path) as f:
-                    return f.read()
-            finally:
-                self._leave()
-        return self._pool.submit(read).result()
-
-    def _enter(self, ns: str) -> None:
-        if self._broken:
-            raise RuntimeError("netns socket thread could not return to its namespace")
-        if self._home is None:
-            self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), f"setns {ns}")
-        finally:
-            os.close(fd)
-
-    def _leave(self) -> None:
-        assert self._home is not None
-        if _libc.setns(self._home, CLONE_NEWNET) != 0:
-            self._broken = True
-            raise OSError(ctypes.get_errno(), "setns back home")
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        if self._home is not None:
-            os.close(self._home)
-
-
 # -- topology ---------------------------------------------------------------------------
-
-IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
-
 
 @dataclass
 class Pod:
@@ -187,7 +86,7 @@ class Lab:
 
     def __init__(self, group: str, nodes: dict[str, list[IPAddr]], pods: list[tuple[str, str, list[IPAddr]]],
                  external: Iterable[IPAddr]) -> None:
-        self.spaces = Namespaces(group)
+        self.spaces = Namespaces(f"vpa{RUN}{group}")
         self.nodes: dict[str, Node] = {}
         self.pods: list[Pod] = []
         self.external = sorted(set(external) - {ip for _, _, ips in pods for ip in ips}
@@ -313,204 +212,9 @@ class Lab:
 
 # -- probes -----------------------------------------------------------------------------
 
-TOKEN = b"VPAPROBE"
-
-
-@dataclass
-class Probe:
-    idx: int
-    src_ns: str
-    dst_ns: str
-    pkt: Packet
-    delivered: bool = False
-    detail: str = "no answer"
-
-
-def _family(ip: IPAddr) -> int:
-    return socket.AF_INET if ip.version == 4 else socket.AF_INET6
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def icmp_packet(version: int, icmp_type: int, code: int, payload: bytes) -> bytes:
-    """An ICMP message; ICMPv6 checksums are filled in by the kernel."""
-    header = struct.pack("!BBHHH", icmp_type, code, 0, 0x5650, 1)
-    if version == 6:
-        return header + payload
-    csum = _checksum(header + payload)
-    return struct.pack("!BBHHH", icmp_type, code, csum, 0x5650, 1) + payload
-
-
-def _crc32c_table() -> list[int]:
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_CRC32C = _crc32c_table()
-
-
-def sctp_init(src_port: int, dst_port: int, tag: int) -> bytes:
-    """An SCTP INIT (valid enough for conntrack); the initiate tag identifies the probe."""
-    chunk = struct.pack("!BBHIIHHI", 1, 0, 20, tag, 65535, 1, 1, 1)
-    packet = struct.pack("!HHII", src_port, dst_port, 0, 0) + chunk
-    crc = 0xFFFFFFFF
-    for b in packet:
-        crc = _CRC32C[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return packet[:8] + struct.pack("<I", ~crc & 0xFFFFFFFF) + chunk
-
-
-def _sctp_tag(data: bytes) -> int | None:
-    """The probe index carried by an SCTP INIT (common header 12 bytes, then the chunk)."""
-    if len(data) >= 20 and data[12] == 1:
-        return struct.unpack("!I", data[16:20])[0] - 1
-    return None
-
-
-def _token(idx: int) -> bytes:
-    return TOKEN + struct.pack("!I", idx)
-
-
-def _find_token(data: bytes) -> int | None:
-    at = data.find(TOKEN)
-    if at < 0 or len(data) < at + len(TOKEN) + 4:
-        return None
-    return struct.unpack("!I", data[at + len(TOKEN):at + len(TOKEN) + 4])[0]
-
-
 def run_probes(socks: NetnsSockets, probes: list[Probe], timeout: float = PROBE_TIMEOUT) -> None:
-    """Send every probe at once and wait ``timeout`` for what gets through."""
-    sel = selectors.DefaultSelector()
-    opened: list[socket.socket] = []
-    listeners: dict[tuple, socket.socket] = {}
-    by_idx = {p.idx: p for p in probes}
-
-    def listen(ns: str, ip: IPAddr, proto: int, port: int | None) -> None:
-        key = (ns, ip.version, proto, port)
-        if key in listeners:
-            return
-        fam = _family(ip)
-        any_addr = "::" if ip.version == 6 else "0.0.0.0"
-        if proto == 6:
-            s = socks.socket(ns, fam, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if ip.version == 6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            s.bind((any_addr, port))
-            s.listen(512)
-            data = ("accept",)
-        elif proto == 17:
-            s = socks.socket(ns, fam, socket.SOCK_DGRAM)
-            if ip.version == 6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            s.bind((any_addr, port))
-            data = ("datagram", 0, proto)
-        else:
-            key = (ns, ip.version, proto, None)      # one raw socket sees every port
-            if key in listeners:
-                return
-            s = socks.socket(ns, fam, socket.SOCK_RAW, proto)
-            data = ("datagram", 20 if ip.version == 4 else 0, proto)
-        s.setblocking(False)
-        opened.append(s)
-        listeners[key] = s
-        sel.register(s, selectors.EVENT_READ, data)
-
-    for p in probes:
-        listen(p.dst_ns, p.pkt.dst, p.pkt.protocol, p.pkt.dst_port)
-
-    resend: list[tuple[socket.socket, bytes, tuple]] = []
-    for p in probes:
-        pkt = p.pkt
-        fam = _family(pkt.dst)
-        if pkt.protocol == 6:
-            s = socks.socket(p.src_ns, fam, socket.SOCK_STREAM)
-            s.setblocking(False)
-            s.bind((str(pkt.src), 0))
-            rc = s.connect_ex((str(pkt.dst), pkt.dst_port))
-            opened.append(s)
-            if rc not in (0, errno.EINPROGRESS):
-                p.detail = os.strerror(rc)
-                continue
-            sel.register(s, selectors.EVENT_WRITE, ("connect", p.idx))
-            continue
-        if pkt.protocol == 17:
-            s = socks.socket(p.src_ns, fam, socket.SOCK_DGRAM)
-            message, dest = _token(p.idx), (str(pkt.dst), pkt.dst_port)
-        elif pkt.protocol in (1, 58):
-            s = socks.socket(p.src_ns, fam, socket.SOCK_RAW, pkt.protocol)
-            message = icmp_packet(pkt.version, pkt.icmp_type or 0, pkt.icmp_code or 0, _token(p.idx))
-            dest = (str(pkt.dst), 0)
-        elif pkt.protocol == 132:
-            # No SCTP sockets in this kernel: a raw INIT is what a client would send first.
-            s = socks.socket(p.src_ns, fam, socket.SOCK_RAW, 132)
-            message, dest = sctp_init(40000 + p.idx, pkt.dst_port or 0, p.idx + 1), (str(pkt.dst), 0)
-        else:
-            p.detail = f"cannot send protocol {pkt.protocol}"
-            continue
-        opened.append(s)
-        s.bind((str(pkt.src), 0))
-        s.setblocking(False)
-        s.sendto(message, dest)
-        resend.append((s, message, dest))
-
-    start = time.monotonic()
-    resent = False
-    try:
-        while True:
-            now = time.monotonic()
-            if now >= start + timeout:
-                break
-            if not resent and now >= start + timeout / 3:
-                resent = True
-                for s, message, dest in resend:    # a second copy, in case a neighbour entry was slow
-                    try:
-                        s.sendto(message, dest)
-                    except OSError:
-                        pass
-            for key, _ in sel.select(timeout=0.02):
-                data = key.data
-                s = key.fileobj
-                assert isinstance(s, socket.socket)
-                if data[0] == "accept":
-                    try:
-                        conn, _ = s.accept()
-                        conn.close()
-                    except OSError:
-                        pass
-                elif data[0] == "connect":
-                    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    probe = by_idx[data[1]]
-                    probe.delivered = err == 0
-                    probe.detail = (f"connected after {now - start:.3f}s" if err == 0
-                                    else os.strerror(err))
-                    sel.unregister(s)
-                else:
-                    while True:
-                        try:
-                            payload = s.recv(4096)
-                        except OSError:
-                            break
-                        body = payload[data[1]:]
-                        idx = _sctp_tag(body) if data[2] == 132 else _find_token(body)
-                        if idx in by_idx:
-                            by_idx[idx].delivered = True
-                            by_idx[idx].detail = f"arrived after {now - start:.3f}s"
-    finally:
-        sel.close()
-        for s in opened:
-            s.close()
+    """``probes.run_probes`` with this suite's timeout (fresh namespaces per file: no need for fresh flows)."""
+    probes_run(socks, probes, timeout)
 
 
 # -- conformance replay -----------------------------------------------------------------

@@ -24,20 +24,14 @@ their veths), the VPP process (SIGTERM, then SIGKILL), the runtime directory.
 
 from __future__ import annotations
 
-import ctypes
-import errno
-import ipaddress
 import os
 import secrets
-import selectors
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +39,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 import pytest
 
+from vppagent.testbed.probes import IPAddr, Marking, Namespaces, NetnsSockets, Probe, ip_batch, run
+from vppagent.testbed.probes import run_probes as probes_run
 from vppagent.vpp.fake import FakeVpp
 
 VPP_BIN = os.environ.get("VPP_BIN", "")
@@ -57,21 +53,6 @@ REQUIRES_VPP = [
     pytest.mark.skipif(not IS_ROOT or not shutil.which("ip"), reason="needs root and iproute2"),
 ]
 RUN = f"{os.getpid() % 10000:x}{secrets.token_hex(2)}"
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def run(argv: list[str], stdin: str | None = None, check: bool = True, timeout: float = 60) -> str:
-    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed: {proc.stderr.strip()}\n{stdin or ''}")
-    return proc.stdout
-
-
-def ip_batch(ns: str | None, lines: list[str]) -> None:
-    if lines:
-        run(["ip", *(["-n", ns] if ns else []), "-batch", "-"], "\n".join(lines) + "\n")
 
 
 def poll(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
@@ -93,34 +74,6 @@ def fake_vpp(**kwargs: Any) -> Iterator[FakeVpp]:
     yield fake
     fake.close()
     assert not fake.errors, fake.errors
-
-
-class Namespaces:
-    """Network namespaces named ``vpa<run><group>-<short>``; ``close`` deletes every one."""
-
-    def __init__(self, group: str) -> None:
-        self.prefix = f"vpa{RUN}{group}"
-        self.names: list[str] = []
-
-    def add(self, *shorts: str) -> list[str]:
-        names = [f"{self.prefix}-{s}" for s in shorts]
-        try:
-            ip_batch(None, [f"netns add {n}" for n in names])
-        finally:
-            self.names += [n for n in names if os.path.exists(f"/run/netns/{n}")]
-        for n in names:
-            ip_batch(n, ["link set lo up"])
-        return names
-
-    def remove(self, names: Iterable[str]) -> None:
-        names = [n for n in names if n in self.names]
-        if names:
-            subprocess.run(["ip", "-force", "-batch", "-"], input="".join(f"netns del {n}\n" for n in names),
-                           capture_output=True, text=True, timeout=60)
-        self.names = [n for n in self.names if n not in names]
-
-    def close(self) -> None:
-        self.remove(list(self.names))
 
 
 # ---------------------------------------------------------------- VPP process
@@ -256,7 +209,7 @@ class Topology:
     def __init__(self, group: str, plugins: list[str] | None = None) -> None:
         Topology._seq += 1
         group = f"{group}{Topology._seq}"
-        self.spaces = Namespaces(group)
+        self.spaces = Namespaces(f"vpa{RUN}{group}", lo_up=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f"vpa{RUN}{group}-"))
         self.hosts: dict[str, Host] = {}
         self._host_seq = 0
@@ -347,229 +300,15 @@ class Topology:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-# ---------------------------------------------------------------- sockets in namespaces
+# ---------------------------------------------------------------- probes (see vppagent.testbed.probes)
 
-class NetnsSockets:
-    """Opens sockets inside named namespaces from one dedicated thread."""
-
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vpp-netns-sockets")
-        self._home: int | None = None
-
-    def socket(self, ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
-        return self._pool.submit(self._open, ns, family, kind, proto).result()
-
-    def _open(self, ns: str, family: int, kind: int, proto: int) -> socket.socket:
-        if self._home is None:
-            self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), f"setns {ns}")
-        finally:
-            os.close(fd)
-        try:
-            return socket.socket(family, kind, proto)
-        finally:
-            if _libc.setns(self._home, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back home")
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        if self._home is not None:
-            os.close(self._home)
-
-
-@dataclass(frozen=True)
-class Packet:
-    src: IPAddr
-    dst: IPAddr
-    protocol: int
-    dst_port: int | None = None
-    icmp_type: int | None = None
-    icmp_code: int | None = None
-
-
-@dataclass
-class Probe:
-    idx: int
-    src_ns: str
-    dst_ns: str
-    pkt: Any                      # an evaluator Packet (or ``Packet`` above)
-    delivered: bool = False
-    detail: str = "no answer"
-
-
-TOKEN = b"VPPAGENT"
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def icmp_message(version: int, icmp_type: int, code: int, ident: int, payload: bytes) -> bytes:
-    """ICMP with a payload that is not an IP header (ICMPv6 checksums: the kernel)."""
-    header = struct.pack("!BBHHH", icmp_type, code, 0, ident, 1)
-    if version == 6:
-        return header + payload
-    return struct.pack("!BBHHH", icmp_type, code, _checksum(header + payload), ident, 1) + payload
-
-
-def _crc32c(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-    return ~crc & 0xFFFFFFFF
-
-
-def sctp_init(src_port: int, dst_port: int, tag: int) -> bytes:
-    chunk = struct.pack("!BBHIIHHI", 1, 0, 20, tag, 65535, 1, 1, 1)
-    packet = struct.pack("!HHII", src_port, dst_port, 0, 0) + chunk
-    return packet[:8] + struct.pack("<I", _crc32c(packet)) + chunk
-
-
-def _token(idx: int) -> bytes:
-    return TOKEN + struct.pack("!I", idx) + b"\x00" * 24       # zeros: never parsed as an inner header
-
-
-def _find_token(data: bytes) -> int | None:
-    at = data.find(TOKEN)
-    if at < 0 or len(data) < at + len(TOKEN) + 4:
-        return None
-    return struct.unpack("!I", data[at + len(TOKEN):at + len(TOKEN) + 4])[0]
-
-
-def _family(ip: IPAddr) -> int:
-    return socket.AF_INET if ip.version == 4 else socket.AF_INET6
+# VPP keeps sessions across runs: every probe must be a fresh flow.
+VPP_MARKING = Marking(token=b"VPPAGENT", pad=24, fresh_flows=True)
 
 
 def run_probes(socks: NetnsSockets, probes: list[Probe], timeout: float = 1.5) -> None:
-    """Send every probe at once, wait ``timeout`` for what gets through."""
-    sel = selectors.DefaultSelector()
-    opened: list[socket.socket] = []
-    listeners: dict[tuple, socket.socket] = {}
-    by_idx = {p.idx: p for p in probes}
-    sctp_tags: dict[int, int] = {}
-
-    def listen(ns: str, ip: IPAddr, proto: int, port: int | None) -> None:
-        key = (ns, ip.version, proto, port if proto in (6, 17) else None)
-        if key in listeners:
-            return
-        fam = _family(ip)
-        any_addr = "::" if ip.version == 6 else "0.0.0.0"
-        if proto == 6:
-            s = socks.socket(ns, fam, socket.SOCK_STREAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if ip.version == 6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            s.bind((any_addr, port))
-            s.listen(512)
-            data: tuple = ("accept",)
-        elif proto == 17:
-            s = socks.socket(ns, fam, socket.SOCK_DGRAM)
-            if ip.version == 6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            s.bind((any_addr, port))
-            data = ("datagram", 0, proto)
-        else:
-            s = socks.socket(ns, fam, socket.SOCK_RAW, proto)
-            data = ("datagram", 20 if ip.version == 4 else 0, proto)
-        s.setblocking(False)
-        opened.append(s)
-        listeners[key] = s
-        sel.register(s, selectors.EVENT_READ, data)
-
-    try:
-        for p in probes:
-            listen(p.dst_ns, p.pkt.dst, p.pkt.protocol, p.pkt.dst_port)
-        resend: list[tuple[socket.socket, bytes, tuple]] = []
-        for p in probes:
-            pkt = p.pkt
-            fam = _family(pkt.dst)
-            if pkt.protocol == 6:
-                s = socks.socket(p.src_ns, fam, socket.SOCK_STREAM)
-                s.setblocking(False)
-                opened.append(s)
-                s.bind((str(pkt.src), 0))
-                rc = s.connect_ex((str(pkt.dst), pkt.dst_port))
-                if rc not in (0, errno.EINPROGRESS):
-                    p.detail = os.strerror(rc)
-                    continue
-                sel.register(s, selectors.EVENT_WRITE, ("connect", p.idx))
-                continue
-            if pkt.protocol == 17:
-                s = socks.socket(p.src_ns, fam, socket.SOCK_DGRAM)
-                message, dest = _token(p.idx), (str(pkt.dst), pkt.dst_port)
-            elif pkt.protocol in (1, 58):
-                s = socks.socket(p.src_ns, fam, socket.SOCK_RAW, pkt.protocol)
-                ident = secrets.randbelow(0xFFFF) + 1     # a fresh echo identifier: a fresh flow
-                message = icmp_message(pkt.dst.version, pkt.icmp_type or 0, pkt.icmp_code or 0, ident,
-                                       _token(p.idx))
-                dest = (str(pkt.dst), 0)
-            elif pkt.protocol == 132:
-                s = socks.socket(p.src_ns, fam, socket.SOCK_RAW, 132)
-                tag = secrets.randbits(31) | 1
-                sctp_tags[tag] = p.idx
-                message, dest = sctp_init(30000 + secrets.randbelow(20000), pkt.dst_port or 0, tag), (str(pkt.dst), 0)
-            else:
-                p.detail = f"cannot send protocol {pkt.protocol}"
-                continue
-            opened.append(s)
-            s.bind((str(pkt.src), 0))
-            s.setblocking(False)
-            s.sendto(message, dest)
-            resend.append((s, message, dest))
-        start = time.monotonic()
-        resent = False
-        while (now := time.monotonic()) < start + timeout:
-            if not resent and now >= start + timeout / 3:
-                resent = True
-                for s, message, dest in resend:
-                    try:
-                        s.sendto(message, dest)
-                    except OSError:
-                        pass
-            for key, _ in sel.select(timeout=0.02):
-                data = key.data
-                s = key.fileobj
-                assert isinstance(s, socket.socket)
-                if data[0] == "accept":
-                    try:
-                        conn, _ = s.accept()
-                        conn.close()
-                    except OSError:
-                        pass
-                elif data[0] == "connect":
-                    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    probe = by_idx[data[1]]
-                    probe.delivered = err == 0
-                    probe.detail = f"connected after {now - start:.3f}s" if err == 0 else os.strerror(err)
-                    sel.unregister(s)
-                else:
-                    while True:
-                        try:
-                            payload = s.recv(4096)
-                        except OSError:
-                            break
-                        body = payload[data[1]:]
-                        if data[2] == 132:
-                            idx = sctp_tags.get(struct.unpack("!I", body[16:20])[0]) if len(body) >= 20 else None
-                        else:
-                            idx = _find_token(body)
-                        if idx in by_idx:
-                            by_idx[idx].delivered = True
-                            by_idx[idx].detail = f"arrived after {now - start:.3f}s"
-    finally:
-        sel.close()
-        for s in opened:
-            s.close()
+    """``probes.run_probes`` with VPP's timeout and fresh flows."""
+    probes_run(socks, probes, timeout, VPP_MARKING)
 
 
 def tcp_pair(socks: NetnsSockets, client_ns: str, server_ns: str, server_ip: str, port: int,
@@ -596,23 +335,25 @@ def tcp_pair(socks: NetnsSockets, client_ns: str, server_ns: str, server_ip: str
         listener.close()
 
 
+def _recv_exact(s: socket.socket, n: int) -> bytes | None:
+    """``n`` bytes from ``s``, or None when the peer closes first."""
+    got = b""
+    while len(got) < n:
+        chunk = s.recv(n - len(got))
+        if not chunk:
+            return None
+        got += chunk
+    return got
+
+
 def exchange(a: socket.socket, b: socket.socket, data: bytes) -> bool:
     """``data`` from ``a`` arrives at ``b`` (and back)."""
     try:
         a.sendall(data)
-        got = b""
-        while len(got) < len(data):
-            chunk = b.recv(len(data) - len(got))
-            if not chunk:
-                return False
-            got += chunk
+        got = _recv_exact(b, len(data))
+        if got is None:
+            return False
         b.sendall(got)
-        back = b""
-        while len(back) < len(data):
-            chunk = a.recv(len(data) - len(back))
-            if not chunk:
-                return False
-            back += chunk
-        return back == data
+        return _recv_exact(a, len(data)) == data
     except OSError:
         return False

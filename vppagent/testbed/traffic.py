@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 from vppagent.testbed.netns import call_in
+from vppagent.testbed.probes import icmp_message
 
 
 @dataclass
@@ -211,15 +212,6 @@ def exchange(conn: socket.socket, payload: bytes = b"ping\n") -> bool:
     return got == payload
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-
 def ping(netns_path: str, dst: str, timeout: float = 1.0) -> bool:
     """One ICMP (v6) echo from a netns; True when the matching reply arrives in time."""
     v6 = ":" in dst
@@ -228,11 +220,7 @@ def ping(netns_path: str, dst: str, timeout: float = 1.0) -> bool:
     def go() -> bool:
         proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
         with socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_RAW, proto) as s:
-            payload = b"vppagent-testbed"
-            head = struct.pack("!BBHHH", 128 if v6 else 8, 0, 0, ident, seq)
-            packet = head + payload
-            if not v6:   # the kernel computes ICMPv6 checksums itself
-                packet = head[:2] + struct.pack("!H", _checksum(packet)) + head[4:] + payload
+            packet = icmp_message(6 if v6 else 4, 128 if v6 else 8, 0, ident, b"vppagent-testbed")
             try:
                 s.sendto(packet, (dst, 0))
             except OSError:
