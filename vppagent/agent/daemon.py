@@ -77,7 +77,8 @@ class Agent:
             self.ipam = IPAM(create_block_store(config.datastore, config.state_dir), config.node_name)
         self.datastore_connected = True
         self.workloads = WorkloadRegistry(config.node_name, config.state_dir)
-        self._apply_to_graph(self.workloads.startup_events())
+        if self.sync_client is None:     # in sync mode the sync layer calculates; no local graph input
+            self._apply_to_graph(self.workloads.startup_events())
         self._stop = threading.Event()
         self._started = time.time()
         self.state = "starting"

@@ -119,6 +119,3 @@ class RemoteIPAM:
     def addresses(self, handle: str) -> list[IPAddress]:
         reply = self._call(self._stub.Addresses, self._pb.AddressesRequest(handle=handle))
         return [ipaddress.ip_address(a) for a in reply.addresses]
-
-    def usage(self) -> list[dict[str, object]]:
-        return []
