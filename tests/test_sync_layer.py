@@ -268,3 +268,14 @@ def test_a_malformed_object_is_reported_and_skipped(cluster: Cluster) -> None:
     errors = wait_for(lambda: [e for e in server.status()["errors"] if "20-bad.yaml" in e], what="error reported")
     assert "spec.selector" in errors[0]
     assert server.ready() and a1.ready()
+
+
+def test_the_sync_layer_counts_every_published_batch(cluster: Cluster) -> None:
+    server = cluster.start_server()
+    registry = server.metrics.registry
+    before = registry.get_sample_value("vppagent_sync_latency_seconds_count") or 0
+    cluster.write("10-pods.yaml", [pod("shop", "late", "node1", "10.70.9.9", app="db")])
+    wait_for(lambda: (registry.get_sample_value("vppagent_sync_latency_seconds_count") or 0) > before,
+             what="the change's latency observed")
+    assert registry.get_sample_value("vppagent_updates_applied_total",
+                                     {"type": "WorkloadEndpointUpdate"}) >= 1

@@ -135,12 +135,12 @@ class SyncServer:
             updates.append(InSync())
         if updates:
             self.fanout.publish(updates)
-        if send_in_sync:
-            self._in_sync_sent = True
             for u in updates:
                 self.metrics.updates_applied.labels(type(u).__name__).inc()
             if started is not None:
                 self.metrics.sync_latency.observe(time.monotonic() - started)
+        if send_in_sync:
+            self._in_sync_sent = True
 
     def poll_once(self, timeout: float = 0.0) -> None:
         events = self.source.poll(timeout)
